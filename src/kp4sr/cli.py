@@ -1,0 +1,277 @@
+"""The ``kp4sr`` command line: train, evaluate, recommend, explain, data stats.
+
+Errors in the user's input are printed as one line (``kp4sr: error: ...``) with exit status 2,
+never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from kp4sr.errors import KP4SRError
+
+# help text of every training option; the option name is the Config field with '-' for '_'
+OPTION_HELP: dict[str, str] = {
+    "dataset": "toy (generated, the default), ml-100k, or a folder in the generic format",
+    "data_dir": "folder with the dataset's files (default: $KP4SR_DATA or ../shared/datasets)",
+    "kg": "knowledge used: metadata | freebase | both | none (default: all present)",
+    "nameless": "KG entities without a name: skip their triples (default) or write their id",
+    "names": "any (default) | latin: treat names without a Latin letter as nameless",
+    "templates": "JSON file {relation: sentence with [X] and [Y]} overriding built-in templates",
+    "generic_templates": "relations without a template get 'The <relation> of [X] is [Y].'",
+    "max_items": "history items the model sees (default 5)",
+    "item_index": "item ID numbering: random (default) | sequential (P5's, leaks order)",
+    "item_tokens": "item ID tokens: digits (one token per digit, default) | single (one per item)",
+    "hop": "knowledge hops from each history item (default 2)",
+    "degree": "at most this many KG edges per entity (default 8)",
+    "max_length": "encoder input cap in tokens (default 512)",
+    "knowledge": "MPP only, no knowledge prompts (the P5-style model)",
+    "tree_mask": "full attention instead of the knowledge tree mask (no prompt denoising)",
+    "backbone": "tiny | small | t5-small (from scratch) or a local Hugging Face T5 folder",
+    "vocab_size": "vocabulary size of the tokenizer trained on the dataset (default 8000)",
+    "dropout": "dropout rate (default 0.1)",
+    "tie_embeddings": "tie T5's input and output embeddings (untied by default)",
+    "epochs": "training epochs (default 10)",
+    "batch_size": "training batch size (default 32)",
+    "lr": "AdamW learning rate (default 1e-3)",
+    "warmup": "share of steps with linear warmup before linear decay (default 0.05)",
+    "weight_decay": "AdamW weight decay (default 0.01)",
+    "clip": "gradient norm clip (default 1.0)",
+    "samples_per_epoch": "training samples per epoch, drawn at random (default 0: all positions)",
+    "seed": "random seed of everything (default 0)",
+    "eval_every": "validate every N epochs (default 1)",
+    "patience": "early stopping: validations without a better NDCG@10 (default 3)",
+    "beams": "beam size of constrained beam search (default 20)",
+    "exclude_seen": "keep the user's earlier items in the ranking (default: excluded)",
+    "eval_batch_size": "users per beam search batch (default 16)",
+    "workers": "DataLoader worker processes building prompts (default 0)",
+    "device": "auto (default) | cpu | cuda | cuda:N",
+}
+# boolean options whose default is True are switched off by a --no-... / --keep-... flag
+NEGATED = {
+    "knowledge": "--no-knowledge",
+    "tree_mask": "--no-tree-mask",
+    "exclude_seen": "--keep-seen",
+}
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    from kp4sr.recommender import Config
+
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = OPTION_HELP.get(f.name, "")
+        if f.type in ("bool", bool):
+            if f.default:
+                p.add_argument(NEGATED[f.name], dest=f.name, action="store_false", help=help_)
+            else:
+                p.add_argument(flag, dest=f.name, action="store_true", help=help_)
+            continue
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        p.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_)
+
+
+def _config_from_args(args: argparse.Namespace):
+    from kp4sr.recommender import Config
+
+    return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from kp4sr.recommender import KP4SR
+    from kp4sr.training import fit
+
+    rec = KP4SR.create(_config_from_args(args))
+    results = fit(rec, args.out, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from kp4sr.evaluation import format_table
+    from kp4sr.recommender import KP4SR
+
+    rec = KP4SR.from_pretrained(args.run_dir, device=args.device)
+    if args.beams:
+        rec.config.beams = args.beams
+    if args.keep_seen:
+        rec.config.exclude_seen = False
+    result = rec.evaluate(args.split, max_users=args.max_users, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_table({args.split: result}))
+    return 0
+
+
+def _history(arg: str | None) -> list[str] | None:
+    if arg is None:
+        return None
+    return [x.strip() for x in arg.split(",") if x.strip()]
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from kp4sr.recommender import KP4SR
+
+    rec = KP4SR.from_pretrained(args.run_dir, device=args.device)
+    if args.user is not None:
+        recs = rec.recommend(users=[args.user], k=args.k)[0]
+    else:
+        recs = rec.recommend(histories=[_history(args.history)], k=args.k)[0]
+    if args.json:
+        print(json.dumps(recs, ensure_ascii=False))
+    else:
+        for rank, r in enumerate(recs, 1):
+            print(f"{rank:>3}. {r['item']:>8}  {r['title'] or ''}  (log-prob {r['score']:.3f})")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from kp4sr.recommender import KP4SR
+
+    rec = KP4SR.from_pretrained(args.run_dir, device=args.device)
+    info = rec.explain(user=args.user, history=_history(args.history))
+    if args.png:
+        draw_mask(info, args.png)
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False))
+    else:
+        for n in info["nodes"]:
+            depth, p = 0, n["parent"]
+            while p is not None:
+                depth, p = depth + 1, info["nodes"][p]["parent"]
+            print(f"{'  ' * depth}[{n['start']}:{n['end']}] {n['text']}")
+        print(f"{len(info['tokens'])} tokens, tree mask {'on' if info['tree_mask'] else 'off'}")
+    return 0
+
+
+def draw_mask(info: dict, path: str) -> None:
+    """Save the visibility matrix as a picture (needs matplotlib: pip install kp4sr[plot])."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise KP4SRError("--png needs matplotlib: pip install 'kp4sr[plot]'") from None
+    import numpy as np
+
+    vis = np.asarray(info["visible"], dtype=np.uint8)
+    fig, ax = plt.subplots(figsize=(7, 7), dpi=120)
+    ax.imshow(vis, cmap="Greys", interpolation="nearest")
+    for n in info["nodes"]:
+        if n["kind"] == "item":
+            ax.axhline(n["start"] - 0.5, color="tab:red", lw=0.4)
+    ax.set_title("knowledge tree mask (black: may attend)")
+    ax.set_xlabel("key token")
+    ax.set_ylabel("query token")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from kp4sr.data import leave_one_out, load_dataset
+
+    ds = load_dataset(
+        args.dataset, args.data_dir, args.kg, nameless=args.nameless, script=args.names
+    )
+    stats = dict(ds.stats())
+    split = leave_one_out(ds)
+    stats.update(
+        train_samples=len(split.train), valid_users=len(split.valid), test_users=len(split.test)
+    )
+    stats["skipped"] = ds.skipped
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        for k, v in stats.items():
+            print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kp4sr", description="Knowledge prompt-tuning for sequential recommendation (KP4SR)"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train on a dataset, then evaluate and print the metrics")
+    t.add_argument("--out", required=True, help="run folder to write")
+    t.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_config_options(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="HR/NDCG/MRR of a run folder on valid or test")
+    e.add_argument("run_dir")
+    e.add_argument("--split", choices=("valid", "test"), default="test")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--beams", type=int, default=None, help="beam size (default: the run's)")
+    e.add_argument("--keep-seen", action="store_true", help="keep users' earlier items")
+    e.add_argument("--max-users", type=int, default=None, help="evaluate the first N users only")
+    e.add_argument("--device", default=None)
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("recommend", help="top-k items for a user or an item history")
+    r.add_argument("run_dir")
+    g = r.add_mutually_exclusive_group(required=True)
+    g.add_argument("--user", help="a user ID of the dataset (their whole history is used)")
+    g.add_argument("--history", help="comma-separated item IDs, oldest first (any user)")
+    r.add_argument("-k", type=int, default=10)
+    r.add_argument("--json", action="store_true")
+    r.add_argument("--device", default=None)
+    r.set_defaults(func=cmd_recommend)
+
+    x = sub.add_parser("explain", help="show the fused prompt, its knowledge tree and mask")
+    x.add_argument("run_dir")
+    g = x.add_mutually_exclusive_group(required=True)
+    g.add_argument("--user", help="a user ID: the prompt of their test prediction")
+    g.add_argument("--history", help="comma-separated item IDs, oldest first")
+    x.add_argument("--json", action="store_true", help="nodes and the L x L visibility matrix")
+    x.add_argument("--png", help="draw the mask into this PNG file")
+    x.add_argument("--device", default=None)
+    x.set_defaults(func=cmd_explain)
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("stats", help="users, items, interactions, sparsity, KG size")
+    s.add_argument("--dataset", default="toy")
+    s.add_argument("--data-dir", default=None)
+    s.add_argument("--kg", default=None)
+    s.add_argument("--nameless", default="skip")
+    s.add_argument("--names", default="any")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_data_stats)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight loading/saving bars are noise in a CLI
+    hf_logging.set_verbosity_error()
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except KP4SRError as e:
+        print(f"kp4sr: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kp4sr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,588 @@
+"""Loaders that turn files on disk into a :class:`~kp4sr.data.Dataset` or a knowledge graph.
+
+Three formats: the original GroupLens MovieLens-100K files, a KB4Rec-style Freebase KG folder
+(``item2entity.tsv``, ``triples.tsv``, ``entity_names.tsv``) and our generic format (an
+``interactions.tsv``/``.csv`` with a header, optional ``items`` file, optional KB4Rec-style KG).
+
+Every problem with the input is a :class:`~kp4sr.errors.DataError` naming the file and the
+1-based line; rows that are deliberately left out are counted in a ``skipped`` dict and logged.
+Blank lines are ignored everywhere (they carry no data).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from kp4sr.data import Dataset, KnowledgeGraph, item_key
+from kp4sr.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The whole file as text; undecodable bytes become a DataError that names the line."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read the file: {e.strerror or e}", path) from None
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"bytes that are not valid {encoding} text (byte {e.start} of the file)",
+            path,
+            line,
+        ) from None
+
+
+def _rows(
+    path: Path,
+    sep: str,
+    columns: Sequence[str],
+    *,
+    header: Sequence[str] | None = None,
+    may_be_empty: Sequence[int] = (),
+    encoding: str = "utf-8",
+) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line_number, stripped_fields)`` of a simple delimited file (no quoting).
+
+    ``columns`` names the expected fields (used for the count and the error message); a first
+    line equal to ``header`` is skipped, so files with and without a header both load. Empty
+    fields are errors unless their index is in ``may_be_empty``.
+    """
+    sep_name = {"\t": "tab", "|": "'|'", ",": "comma"}.get(sep, repr(sep))
+    want = len(columns)
+    first = True
+    for number, raw in enumerate(_read_text(path, encoding).split("\n"), start=1):
+        line = raw.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split(sep)]
+        if first:
+            first = False
+            if header is not None and fields == list(header):
+                continue
+        if len(fields) != want:
+            raise DataError(
+                f"expected {want} {sep_name}-separated fields ({', '.join(columns)}), "
+                f"found {len(fields)}",
+                path,
+                number,
+            )
+        for i, f in enumerate(fields):
+            if not f and i not in may_be_empty:
+                raise DataError(f"empty field {columns[i]!r}", path, number)
+        yield number, fields
+
+
+def _int_field(value: str, what: str, path: Path, line: int) -> int:
+    """Parse an integer id/timestamp, or say which field on which line is wrong."""
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(f"expected an integer {what}, found {value!r}", path, line) from None
+
+
+def _order_sequences(user_idx: np.ndarray, times: np.ndarray, n_users: int) -> list[np.ndarray]:
+    """Row indices per user in time order; ties keep file order (the row index is the last key)."""
+    rows = np.arange(len(user_idx), dtype=np.int64)
+    order = np.lexsort((rows, times, user_idx))
+    bounds = np.searchsorted(user_idx[order], np.arange(n_users + 1))
+    return [order[bounds[u] : bounds[u + 1]] for u in range(n_users)]
+
+
+def _report_skips(source: str, skipped: dict[str, int]) -> None:
+    """Log the skip counts once, as a warning so that left-out data never goes unnoticed."""
+    nonzero = {k: v for k, v in skipped.items() if v}
+    if nonzero:
+        log.warning(
+            "%s: skipped %s",
+            source,
+            ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in nonzero.items()),
+        )
+
+
+# --------------------------------------------------------------------------- MovieLens-100K
+
+ML100K_GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
+    )
+}
+
+
+def _release_year(date: str) -> int | None:
+    """The year of a ``dd-Mon-YYYY`` date, or None when it is empty or malformed.
+
+    Parsed by hand rather than with ``strptime('%b')``, whose month names follow the locale.
+    """
+    parts = date.split("-")
+    if len(parts) != 3 or parts[1].lower() not in _MONTHS:
+        return None
+    day, year = parts[0], parts[2]
+    if not (day.isdigit() and 1 <= int(day) <= 31 and len(year) == 4 and year.isdigit()):
+        return None
+    return int(year)
+
+
+def _ml_genres(folder: Path) -> list[str]:
+    """Genre names by flag index from ``u.genre``, or the standard 19 when the file is absent."""
+    path = folder / "u.genre"
+    if not path.is_file():
+        return list(ML100K_GENRES)
+    by_index: dict[int, str] = {}
+    for line, (name, index) in _rows(path, "|", ("name", "index"), encoding="latin-1"):
+        i = _int_field(index, "genre index", path, line)
+        if i in by_index:
+            raise DataError(f"genre index {i} appears twice", path, line)
+        by_index[i] = name
+    if sorted(by_index) != list(range(len(by_index))):
+        raise DataError(
+            f"genre indices must be 0..{len(by_index) - 1} without gaps, found {sorted(by_index)}",
+            path,
+        )
+    return [by_index[i] for i in range(len(by_index))]
+
+
+def _ml_items(folder: Path, genres: list[str]) -> dict[int, tuple[str, int | None, list[str]]]:
+    """``u.item`` as item id -> (title, release year or None, genre names)."""
+    path = folder / "u.item"
+    if not path.is_file():
+        raise DataError("missing u.item (the MovieLens-100K item file)", path)
+    columns = ["item id", "title", "release date", "video release date", "IMDb URL"] + [
+        f"genre flag {g}" for g in genres
+    ]
+    items: dict[int, tuple[str, int | None, list[str]]] = {}
+    for line, fields in _rows(path, "|", columns, may_be_empty=range(2, 5), encoding="latin-1"):
+        iid = _int_field(fields[0], "item id", path, line)
+        if iid in items:
+            raise DataError(f"item id {iid} appears twice", path, line)
+        flags = fields[5:]
+        bad = [f for f in flags if f not in ("0", "1")]
+        if bad:
+            raise DataError(f"genre flags must be 0 or 1, found {bad[0]!r}", path, line)
+        names = [g for g, f in zip(genres, flags, strict=True) if f == "1"]
+        items[iid] = (fields[1], _release_year(fields[2]), names)
+    return items
+
+
+def load_movielens_100k(folder: Path) -> Dataset:
+    """Load the original GroupLens ML-100K files (``u.data``, ``u.item``, optional ``u.genre``).
+
+    Users and items are ordered by numeric id; only items with interactions are kept. Each
+    user's sequence is in timestamp order, ties in ``u.data`` file order. The metadata KG links
+    items to ``genre:<Name>`` (not "unknown") and ``year:<YYYY>`` entities, both directions.
+    """
+    folder = Path(folder)
+    genres = _ml_genres(folder)
+    meta = _ml_items(folder, genres)
+    path = folder / "u.data"
+    if not path.is_file():
+        raise DataError("missing u.data (the MovieLens-100K ratings file)", path)
+    users: list[int] = []
+    items: list[int] = []
+    times: list[int] = []
+    for line, (u, i, rating, ts) in _rows(
+        path, "\t", ("user id", "item id", "rating", "timestamp")
+    ):
+        iid = _int_field(i, "item id", path, line)
+        if iid not in meta:
+            raise DataError(f"item {iid} is not in u.item", path, line)
+        try:
+            float(rating)
+        except ValueError:
+            raise DataError(f"expected a numeric rating, found {rating!r}", path, line) from None
+        users.append(_int_field(u, "user id", path, line))
+        items.append(iid)
+        times.append(_int_field(ts, "unix timestamp", path, line))
+    if not users:
+        raise DataError("no interactions", path)
+
+    user_ids, user_idx = np.unique(np.asarray(users, dtype=np.int64), return_inverse=True)
+    item_ids, item_idx = np.unique(np.asarray(items, dtype=np.int64), return_inverse=True)
+    order = _order_sequences(user_idx, np.asarray(times, dtype=np.int64), len(user_ids))
+    sequences = [item_idx[rows].astype(np.int64) for rows in order]
+
+    item_names = [str(i) for i in item_ids.tolist()]
+    titles: list[str | None] = [meta[i][0] or None for i in item_ids.tolist()]
+    triples: list[tuple[str, str, str]] = []
+    names: dict[str, str | None] = {}
+    skipped = {"items_without_release_year": 0}
+    for raw, title in zip(item_names, titles, strict=True):
+        key = item_key(raw)
+        names[key] = title
+        _, year, item_genres = meta[int(raw)]
+        for g in item_genres:
+            if g == "unknown":
+                continue
+            names[f"genre:{g}"] = g
+            triples += [(key, "genre", f"genre:{g}"), (f"genre:{g}", "films_of_genre", key)]
+        if year is None:
+            skipped["items_without_release_year"] += 1
+            continue
+        names[f"year:{year}"] = str(year)
+        triples += [(key, "release_year", f"year:{year}"), (f"year:{year}", "films_of_year", key)]
+    _report_skips(str(folder / "u.item"), skipped)
+    return Dataset(
+        name="ml-100k",
+        domain="movie",
+        users=[str(u) for u in user_ids.tolist()],
+        items=item_names,
+        titles=titles,
+        sequences=sequences,
+        kg=KnowledgeGraph.from_triples(triples, names),
+        skipped={k: v for k, v in skipped.items() if v},
+    )
+
+
+# --------------------------------------------------------------------------- KB4Rec-style KG
+
+NAMELESS_CHOICES = ("skip", "id")
+SCRIPT_CHOICES = ("any", "latin")
+
+
+def _normalise_name(name: str) -> str:
+    """Strip and collapse whitespace runs, so prompts never carry tabs or double spaces."""
+    return " ".join(name.split())
+
+
+def _has_latin_letter(name: str) -> bool:
+    """True when the name has a Latin letter (ASCII, Latin-1 or a Latin Extended block)."""
+    return any(c.isalpha() and (ord(c) < 0x250 or 0x1E00 <= ord(c) <= 0x1EFF) for c in name)
+
+
+def _kb4rec_links(path: Path, items: list[str], skipped: dict[str, int]) -> dict[str, str] | None:
+    """MID -> item key from ``item2entity.tsv``, or None when the file is absent.
+
+    One-to-one: a second link of the same MID or of the same item is counted and dropped.
+    """
+    if not path.is_file():
+        return None
+    known = set(items)
+    links: dict[str, str] = {}
+    linked_items: set[str] = set()
+    for line, (iid, mid) in _rows(
+        path, "\t", ("item_id", "entity_id"), header=("item_id", "entity_id")
+    ):
+        if iid not in known:
+            raise DataError(f"item {iid!r} is not an item of the dataset", path, line)
+        if mid in links or iid in linked_items:
+            skipped["duplicate_item_links"] += 1
+            continue
+        links[mid] = item_key(iid)
+        linked_items.add(iid)
+    return links
+
+
+def _kb4rec_names(path: Path, skipped: dict[str, int]) -> dict[str, str]:
+    """MID -> whitespace-normalised name; an empty name is left out (the entity is nameless)."""
+    names: dict[str, str] = {}
+    if not path.is_file():
+        return names
+    for _, (mid, name) in _rows(
+        path, "\t", ("entity_id", "name"), header=("entity_id", "name"), may_be_empty=(1,)
+    ):
+        if mid in names:
+            skipped["duplicate_entity_names"] += 1
+            continue
+        name = _normalise_name(name)
+        if name:
+            names[mid] = name
+    return names
+
+
+def load_kb4rec_kg(
+    folder: Path, items: list[str], nameless: str = "skip", script: str = "any"
+) -> tuple[KnowledgeGraph, dict[str, int]]:
+    """Load a KB4Rec-style KG folder and tie it to the dataset's ``items``.
+
+    Files (tab-separated, header line optional): ``triples.tsv`` (head, relation, tail;
+    required), ``entity_names.tsv`` (MID, name; optional) and ``item2entity.tsv`` (item id, MID;
+    optional). A linked item's MID becomes ``item_key(item_id)`` everywhere, so the KG and the
+    dataset share keys; without ``item2entity.tsv`` a triple end equal to an item id is that item.
+
+    Nameless policy: a non-item entity is *nameless* when it has no (or an empty) name, or,
+    with ``script="latin"``, when its name has no Latin letter (prompts would be unreadable to
+    an English tokenizer). ``nameless="skip"`` drops every triple with a nameless end (counted
+    in ``triples_with_nameless_entity``); ``nameless="id"`` keeps it and names the entity by its
+    MID. Items get no name here (``None``): the dataset's titles name them.
+
+    Returns the graph and the nonzero skip counts.
+    """
+    if nameless not in NAMELESS_CHOICES:
+        raise ConfigError(f"unknown nameless policy {nameless!r}: expected skip or id")
+    if script not in SCRIPT_CHOICES:
+        raise ConfigError(f"unknown script filter {script!r}: expected any or latin")
+    folder = Path(folder)
+    triples_path = folder / "triples.tsv"
+    if not triples_path.is_file():
+        raise DataError("missing triples.tsv (head, relation, tail)", triples_path)
+    skipped = {"duplicate_item_links": 0, "duplicate_entity_names": 0}
+    links = _kb4rec_links(folder / "item2entity.tsv", items, skipped)
+    if links is None:
+        links = {i: item_key(i) for i in items}
+    raw_names = _kb4rec_names(folder / "entity_names.tsv", skipped)
+
+    # entity key -> name, or None for a nameless entity to skip; filled lazily, once per entity
+    resolved: dict[str, str | None] = {}
+
+    def name_of(mid: str) -> str | None:
+        if mid not in resolved:
+            name = raw_names.get(mid)
+            if name is not None and script == "latin" and not _has_latin_letter(name):
+                name = None
+            if name is None and nameless == "id":
+                name = mid
+            resolved[mid] = name
+        return resolved[mid]
+
+    kept: list[tuple[str, str, str]] = []
+    seen: set[tuple[str, str, str]] = set()
+    names: dict[str, str | None] = {}
+    dropped = repeated = 0
+    for _, (h, r, t) in _rows(
+        triples_path, "\t", ("head", "relation", "tail"), header=("head", "relation", "tail")
+    ):
+        ends = []
+        for mid in (h, t):
+            key = links.get(mid)
+            if key is None:
+                name = name_of(mid)
+                if name is None:
+                    break
+                names[mid] = name
+                key = mid
+            ends.append(key)
+        if len(ends) < 2:
+            dropped += 1
+            continue
+        triple = (ends[0], r, ends[1])
+        if triple in seen:
+            repeated += 1
+            continue
+        seen.add(triple)
+        kept.append(triple)
+    skipped["triples_with_nameless_entity"] = dropped
+    skipped["duplicate_triples"] = repeated
+    kg = KnowledgeGraph.from_triples(kept, names)
+    item_keys = set(links.values())
+    linked = sum(1 for e in kg.entities if e in item_keys)
+    log.info(
+        "%s: %d triples, %d entities, %d relations, %d linked items",
+        folder,
+        kg.num_triples,
+        len(kg.entities),
+        len(kg.relations),
+        linked,
+    )
+    _report_skips(str(folder), skipped)
+    return kg, {k: v for k, v in skipped.items() if v}
+
+
+# --------------------------------------------------------------------------- generic format
+
+USER_COLUMNS = ("user", "user_id")
+ITEM_COLUMNS = ("item", "item_id")
+TIME_COLUMNS = ("timestamp", "time")
+TITLE_COLUMNS = ("title", "name")
+
+
+def _find_table(folder: Path, stem: str, required: bool) -> Path | None:
+    """``<stem>.tsv`` or ``<stem>.csv`` in the folder; both at once is ambiguous."""
+    found = [
+        folder / f"{stem}.{ext}" for ext in ("tsv", "csv") if (folder / f"{stem}.{ext}").is_file()
+    ]
+    if len(found) > 1:
+        raise DataError(f"both {stem}.tsv and {stem}.csv are present: keep one", folder)
+    if not found:
+        if required:
+            raise DataError(f"no {stem}.tsv or {stem}.csv in the folder", folder)
+        return None
+    return found[0]
+
+
+def _table(path: Path, wanted: dict[str, Sequence[str]]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield ``(line, {role: value})`` of a CSV/TSV file with a header, columns found by name.
+
+    ``wanted`` maps a role to its accepted column names (case-insensitive). Quoted fields work
+    (the ``csv`` module reads the file); a row whose field count differs from the header's is
+    an error.
+    """
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    reader = csv.reader(io.StringIO(_read_text(path, "utf-8-sig"), newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError("empty file: a header line is required", path, 1)
+        found = [h.strip().lower() for h in header]
+        index: dict[str, int] = {}
+        for role, accepted in wanted.items():
+            hits = [found.index(a) for a in accepted if a in found]
+            if not hits:
+                raise DataError(
+                    f"missing column {role!r}: expected one of {', '.join(accepted)} in the "
+                    f"header; found {', '.join(found) or 'none'}",
+                    path,
+                    1,
+                )
+            index[role] = hits[0]
+        for row in reader:
+            if not row or all(not f.strip() for f in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    f"expected {len(header)} fields as in the header, found {len(row)}",
+                    path,
+                    reader.line_num,
+                )
+            yield reader.line_num, {role: row[i].strip() for role, i in index.items()}
+    except csv.Error as e:
+        raise DataError(f"malformed CSV: {e}", path, reader.line_num) from None
+
+
+def _parse_time(value: str, path: Path, line: int) -> tuple[float, bool]:
+    """A timestamp as seconds, and whether it was written as a number (else an ISO date).
+
+    Naive ISO datetimes are read as UTC so that the order never depends on the machine's zone.
+    """
+    try:
+        number = float(value)
+    except ValueError:
+        pass
+    else:
+        if math.isfinite(number):
+            return number, True
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise DataError(
+            f"expected a number or an ISO-8601 date/datetime as timestamp, found {value!r}",
+            path,
+            line,
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp(), False
+
+
+def _generic_titles(
+    folder: Path, item_index: dict[str, int], skipped: dict[str, int]
+) -> list[str | None]:
+    """Titles from the optional items file; listed items without interactions are counted."""
+    titles: list[str | None] = [None] * len(item_index)
+    path = _find_table(folder, "items", required=False)
+    if path is None:
+        return titles
+    seen: set[str] = set()
+    for _, row in _table(path, {"item": ITEM_COLUMNS, "title": TITLE_COLUMNS}):
+        item = row["item"]
+        if not item or item in seen:
+            skipped["item_rows_without_id_or_repeated"] += 1
+            continue
+        seen.add(item)
+        if item not in item_index:
+            skipped["items_without_interactions"] += 1
+            continue
+        titles[item_index[item]] = row["title"] or None
+    return titles
+
+
+def load_generic(folder: Path, nameless: str = "skip") -> Dataset:
+    """Load a folder in the generic format.
+
+    ``interactions.tsv``/``.csv`` (header required; columns ``user``/``user_id``,
+    ``item``/``item_id``, ``timestamp``/``time``, others ignored; timestamps are numbers or
+    ISO-8601 dates, not both in one file); optional ``items.tsv``/``.csv`` (``item``/``item_id``,
+    ``title``/``name``); optional KB4Rec-style KG files (see :func:`load_kb4rec_kg`). Users and
+    items are ordered by first appearance; sequences by time, ties in file order.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError("not a folder", folder)
+    path = _find_table(folder, "interactions", required=True)
+    assert path is not None
+    user_index: dict[str, int] = {}
+    item_index: dict[str, int] = {}
+    users: list[int] = []
+    items: list[int] = []
+    times: list[float] = []
+    numeric: bool | None = None
+    wanted = {"user": USER_COLUMNS, "item": ITEM_COLUMNS, "timestamp": TIME_COLUMNS}
+    for line, row in _table(path, wanted):
+        for role in wanted:
+            if not row[role]:
+                raise DataError(f"empty {role}", path, line)
+        t, is_number = _parse_time(row["timestamp"], path, line)
+        if numeric is None:
+            numeric = is_number
+        elif numeric != is_number:
+            raise DataError(
+                f"timestamp {row['timestamp']!r} mixes "
+                + ("an ISO date into numeric timestamps" if numeric else "a number into ISO dates"),
+                path,
+                line,
+            )
+        users.append(user_index.setdefault(row["user"], len(user_index)))
+        items.append(item_index.setdefault(row["item"], len(item_index)))
+        times.append(t)
+    if not users:
+        raise DataError("no interactions: the file has a header but no data rows", path)
+
+    skipped = {"items_without_interactions": 0, "item_rows_without_id_or_repeated": 0}
+    titles = _generic_titles(folder, item_index, skipped)
+    item_arr = np.asarray(items, dtype=np.int64)
+    order = _order_sequences(
+        np.asarray(users, dtype=np.int64), np.asarray(times, dtype=np.float64), len(user_index)
+    )
+    kg = KnowledgeGraph.empty()
+    if (folder / "triples.tsv").is_file():
+        kg, kg_skipped = load_kb4rec_kg(folder, list(item_index), nameless=nameless)
+        skipped.update(kg_skipped)
+    else:
+        for orphan in ("entity_names.tsv", "item2entity.tsv"):
+            if (folder / orphan).is_file():
+                raise DataError(f"{orphan} is present but triples.tsv is missing", folder / orphan)
+    _report_skips(str(folder), skipped)
+    return Dataset(
+        name=folder.name,
+        domain="item",
+        users=list(user_index),
+        items=list(item_index),
+        titles=titles,
+        sequences=[item_arr[rows] for rows in order],
+        kg=kg,
+        skipped={k: v for k, v in skipped.items() if v},
+    )

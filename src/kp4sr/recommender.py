@@ -1,0 +1,417 @@
+"""The KP4SR recommender as one object: build it, train it, rank, recommend, explain, save, load.
+
+A run folder (``save_pretrained`` / ``from_pretrained``) is the unit users share: it holds the
+options, the model weights (safetensors), the tokenizer, the item ID numbering, the templates and
+a snapshot of the dataset (so prompts and the split can be rebuilt without the original files).
+No pickles anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
+
+from kp4sr.data import Dataset, Sample, Split, leave_one_out, load_saved_dataset, save_dataset
+from kp4sr.decoding import ItemTrie, Ranked, beam_search
+from kp4sr.errors import ConfigError, DataError
+from kp4sr.evaluation import metrics, target_ranks
+from kp4sr.model import build_model, is_preset
+from kp4sr.prompts import FusedPrompt, PromptBuilder, PromptConfig, collate
+from kp4sr.templates import load_relation_templates, mpp_templates, resolve_relation_templates
+from kp4sr.tokenization import (
+    ItemCodes,
+    assign_item_numbers,
+    item_texts,
+    load_tokenizer,
+    train_tokenizer,
+)
+from kp4sr.tree_mask import encoder_mask
+
+log = logging.getLogger(__name__)
+
+NEW_USER = "new"  # user text written in the MPP for a history of no known user
+
+
+@dataclass
+class Config:
+    """Every option of a run, saved as ``config.json`` in the run folder.
+
+    Defaults follow the paper where it states them (5 items, 2 hops, degree 8, 512 tokens,
+    AdamW 1e-3 with 5% warmup and linear decay, clip 1.0, dropout 0.1, 20 beams).
+    """
+
+    dataset: str = "toy"  # toy | ml-100k | path to a folder in the generic format
+    data_dir: str | None = None  # folder holding the dataset's files (else $KP4SR_DATA)
+    kg: str | None = None  # metadata | freebase | both | none (None: all that is present)
+    nameless: str = "skip"  # KG entities without a name: skip their triples, or use the id
+    names: str = "any"  # any | latin: treat names without a Latin letter as nameless
+    templates: str | None = None  # JSON file {relation: "sentence with [X] and [Y]"}
+    generic_templates: bool = False  # relations without a template get a generic sentence
+    max_items: int = 5  # history items the model sees
+    item_index: str = "random"  # random | sequential (P5's leaky order of appearance)
+    item_tokens: str = "digits"  # digits: one token per digit | single: one token per item
+    hop: int = 2  # knowledge hops from each history item
+    degree: int = 8  # at most this many edges per entity
+    max_length: int = 512  # encoder input cap in tokens
+    knowledge: bool = True  # False: MPP only (the P5-style model)
+    tree_mask: bool = True  # False: full attention (no prompt denoising)
+    backbone: str = "tiny"  # tiny | small | t5-small | path to a local HF T5 checkpoint
+    vocab_size: int = 8000  # tokenizer trained from scratch: target vocabulary size
+    dropout: float = 0.1
+    tie_embeddings: bool = False  # tie T5's input and output embeddings (from scratch)
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: float = 0.05  # share of steps with linear warmup, then linear decay
+    weight_decay: float = 0.01
+    clip: float = 1.0  # gradient norm clip
+    samples_per_epoch: int = 0  # 0: every training position each epoch; N: a random N
+    seed: int = 0
+    eval_every: int = 1  # validate every N epochs
+    patience: int = 3  # stop after this many validations without a better NDCG@10
+    beams: int = 20
+    exclude_seen: bool = True  # items the user had before the target are not recommended
+    eval_batch_size: int = 16  # users per beam search batch
+    workers: int = 0  # DataLoader worker processes building prompts
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown option(s) in config: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class KP4SR:
+    """Knowledge prompt-tuning for sequential recommendation (Zhai et al., ACM MM 2023)."""
+
+    def __init__(
+        self,
+        config: Config,
+        dataset: Dataset,
+        tokenizer: PreTrainedTokenizerBase,
+        model: T5ForConditionalGeneration,
+        numbers: np.ndarray,
+        relation_templates: dict[str, str],
+    ):
+        self.config = config
+        self.dataset = dataset
+        self.tokenizer = tokenizer
+        self.model = model
+        self.numbers = numbers
+        self.relation_templates = relation_templates
+        self.texts = item_texts(numbers, config.item_tokens)
+        self.codes = ItemCodes.build(tokenizer, self.texts)
+        self.builder = PromptBuilder(
+            tokenizer,
+            self.texts,
+            self.codes,
+            dataset.items,
+            dataset.kg,
+            relation_templates,
+            mpp_templates(dataset.domain),
+            PromptConfig(config.hop, config.degree, config.max_length, config.knowledge),
+        )
+        self.trie = ItemTrie(self.codes, tokenizer.eos_token_id)
+        self.device = resolve_device(config.device)
+        self.model.to(self.device)
+        self._split: Split | None = None
+        self._item_index = {x: i for i, x in enumerate(dataset.items)}
+        self._user_index = {x: i for i, x in enumerate(dataset.users)}
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def create(cls, config: Config, dataset: Dataset | None = None) -> KP4SR:
+        """A fresh, untrained recommender for ``config`` (loads the dataset unless given)."""
+        from kp4sr.data import load_dataset
+
+        if dataset is None:
+            dataset = load_dataset(
+                config.dataset,
+                config.data_dir,
+                config.kg,
+                seed=config.seed,
+                nameless=config.nameless,
+                script=config.names,
+            )
+        overrides = load_relation_templates(config.templates) if config.templates else None
+        rel_templates = resolve_relation_templates(
+            dataset.kg.relations, overrides, config.generic_templates
+        )
+        numbers = assign_item_numbers(
+            dataset.sequences, len(dataset.items), config.item_index, config.seed
+        )
+        texts = item_texts(numbers, config.item_tokens)
+        extra = texts if config.item_tokens == "single" else []
+        if is_preset(config.backbone):
+            corpus = _tokenizer_corpus(dataset, texts, rel_templates)
+            tokenizer = train_tokenizer(corpus, extra, config.vocab_size)
+        else:
+            tokenizer = load_tokenizer(config.backbone)
+            if extra:
+                tokenizer.add_tokens(extra, special_tokens=True)
+        torch.manual_seed(config.seed)
+        model = build_model(
+            config.backbone,
+            len(tokenizer),
+            tokenizer.pad_token_id,
+            tokenizer.eos_token_id,
+            config.dropout,
+            config.tie_embeddings,
+        )
+        return cls(config, dataset, tokenizer, model, numbers, rel_templates)
+
+    def save_pretrained(self, folder: str | Path, weights_only: bool = False) -> None:
+        """Write the self-contained run folder (safetensors + JSON)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder / "model")
+        if weights_only:
+            return
+        (folder / "config.json").write_text(
+            json.dumps(dataclasses.asdict(self.config), indent=2), encoding="utf-8"
+        )
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        save_dataset(self.dataset, folder)
+        (folder / "items.json").write_text(
+            json.dumps({"numbers": self.numbers.tolist()}), encoding="utf-8"
+        )
+        (folder / "templates.json").write_text(
+            json.dumps(
+                {"relations": self.relation_templates, "mpp": self.builder.mpp_templates},
+                indent=2,
+                ensure_ascii=False,
+            ),
+            encoding="utf-8",
+        )
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | None = None) -> KP4SR:
+        """Load a run folder written by :meth:`save_pretrained` (or by ``kp4sr train``)."""
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"{folder} is not a kp4sr run folder (no config.json)")
+        try:
+            config = Config.from_dict(json.loads((folder / "config.json").read_text("utf-8")))
+            numbers = np.asarray(
+                json.loads((folder / "items.json").read_text("utf-8"))["numbers"], dtype=np.int64
+            )
+            templates = json.loads((folder / "templates.json").read_text("utf-8"))
+        except FileNotFoundError as e:
+            raise DataError("missing from the run folder", e.filename) from None
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f"corrupted run folder file ({e})", folder) from None
+        if device is not None:
+            config.device = device
+        dataset = load_saved_dataset(folder)
+        if len(numbers) != len(dataset.items):
+            raise DataError("items.json does not match the dataset snapshot", folder / "items.json")
+        tokenizer = load_tokenizer(folder / "tokenizer")
+        try:
+            model = T5ForConditionalGeneration.from_pretrained(str(folder / "model"))
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot load the model weights ({e})", folder / "model") from None
+        rec = cls(config, dataset, tokenizer, model, numbers, templates["relations"])
+        rec.builder.mpp_templates = templates["mpp"]
+        return rec
+
+    # -- data -----------------------------------------------------------------------------
+    @property
+    def split(self) -> Split:
+        if self._split is None:
+            self._split = leave_one_out(self.dataset, self.config.max_items)
+        return self._split
+
+    def user_text(self, user: int | None) -> str:
+        return NEW_USER if user is None else self.dataset.users[user]
+
+    def prompt(self, sample: Sample, rng: np.random.Generator | None = None) -> FusedPrompt:
+        return self.builder.build(self.user_text(sample.user), sample.history, rng)
+
+    def target_tokens(self, item: int) -> np.ndarray:
+        return np.append(self.codes.of(item), self.tokenizer.eos_token_id)
+
+    def item_index(self, raw: str) -> int:
+        """Internal index of a dataset item ID; an unknown ID is a clear error."""
+        try:
+            return self._item_index[str(raw)]
+        except KeyError:
+            raise ConfigError(f"unknown item {raw!r}: not in dataset {self.dataset.name}") from None
+
+    def user_index(self, raw: str) -> int:
+        try:
+            return self._user_index[str(raw)]
+        except KeyError:
+            raise ConfigError(f"unknown user {raw!r}: not in dataset {self.dataset.name}") from None
+
+    # -- ranking --------------------------------------------------------------------------
+    def rank(
+        self,
+        users: list[int | None],
+        histories: list[np.ndarray],
+        seen: list[set[int]] | None = None,
+        beams: int | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> Ranked:
+        """Top-``beams`` items per history by constrained beam search, best first."""
+        beams = beams or self.config.beams
+        bs = batch_size or self.config.eval_batch_size
+        out_items, out_scores = [], []
+        pad = self.tokenizer.pad_token_id
+        starts = range(0, len(histories), bs)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="ranking", unit="batch", leave=False)
+        for s in starts:
+            prompts = [
+                self.builder.build(self.user_text(u), h)
+                for u, h in zip(users[s : s + bs], histories[s : s + bs])
+            ]
+            batch = collate(prompts, pad).to(self.device)
+            r = beam_search(
+                self.model,
+                batch,
+                self.trie,
+                beams,
+                self.config.tree_mask,
+                pad,
+                None if seen is None else seen[s : s + bs],
+            )
+            out_items.append(r.items)
+            out_scores.append(r.scores)
+        if not out_items:
+            return Ranked(np.zeros((0, beams), np.int64), np.zeros((0, beams), np.float32))
+        return Ranked(np.concatenate(out_items), np.concatenate(out_scores))
+
+    def seen_items(self, sample: Sample) -> set[int]:
+        return set(self.dataset.sequences[sample.user][: sample.position].tolist())
+
+    def evaluate(
+        self, split: str = "test", max_users: int | None = None, progress: bool = False
+    ) -> dict[str, float]:
+        """HR@5/10, NDCG@5/10 and MRR over all users of ``split`` (``valid`` or ``test``)."""
+        if split not in ("valid", "test"):
+            raise ConfigError(f"evaluate on valid or test, not {split!r}")
+        samples = self.split[split][:max_users]
+        seen = [self.seen_items(s) for s in samples] if self.config.exclude_seen else None
+        ranked = self.rank(
+            [s.user for s in samples], [s.history for s in samples], seen, progress=progress
+        )
+        ranks = target_ranks(ranked.items, np.array([s.target for s in samples], dtype=np.int64))
+        return metrics(ranks)
+
+    def recommend(
+        self,
+        histories: list[list[str]] | None = None,
+        k: int = 10,
+        users: list[str] | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """Top-``k`` items for known users (their whole history) or for raw item-ID histories
+        (any user, seen in training or not). Returns per query a list of
+        ``{"item", "title", "score", "id_text"}``, best first."""
+        u_idx: list[int | None]
+        if users is not None:
+            u_idx = [self.user_index(u) for u in users]
+            full = [self.dataset.sequences[u] for u in u_idx]
+        elif histories is not None:
+            u_idx = [None] * len(histories)
+            full = [np.array([self.item_index(x) for x in h], dtype=np.int64) for h in histories]
+            if any(len(h) == 0 for h in full):
+                raise ConfigError("a history needs at least one item")
+        else:
+            raise ConfigError("give users or histories")
+        hist = [h[-self.config.max_items :] for h in full]
+        seen = [set(h.tolist()) for h in full] if self.config.exclude_seen else None
+        ranked = self.rank(u_idx, hist, seen, beams=max(k, self.config.beams))
+        out = []
+        for items, scores in zip(ranked.items, ranked.scores):
+            out.append(
+                [
+                    {
+                        "item": self.dataset.items[i],
+                        "title": self.dataset.titles[i],
+                        "score": float(s),
+                        "id_text": self.texts[i],
+                    }
+                    for i, s in zip(items[:k].tolist(), scores[:k].tolist())
+                    if i >= 0
+                ]
+            )
+        return out
+
+    def explain(self, user: str | None = None, history: list[str] | None = None) -> dict[str, Any]:
+        """The fused prompt the encoder reads for a user (their test-time input, i.e. all but
+        the last item) or for a raw history, with its knowledge tree and visibility matrix."""
+        if user is not None:
+            u = self.user_index(user)
+            seq = self.dataset.sequences[u]
+            hist = seq[:-1][-self.config.max_items :] if len(seq) > 1 else seq
+            utext = self.user_text(u)
+        elif history is not None:
+            hist = np.array([self.item_index(x) for x in history], dtype=np.int64)
+            hist = hist[-self.config.max_items :]
+            utext = NEW_USER
+        else:
+            raise ConfigError("give a user or a history")
+        p = self.builder.build(utext, hist)
+        vis = encoder_mask(
+            torch.from_numpy(p.node_of_token)[None],
+            torch.from_numpy(p.parents)[None],
+            tree=self.config.tree_mask,
+        )[0, 0]
+        nodes = []
+        for n in range(len(p.parents)):
+            parent = int(p.parents[n])
+            nodes.append(
+                {
+                    "id": n,
+                    "parent": None if parent < 0 else parent,
+                    "kind": p.nodes[n][0],
+                    "text": self.builder.node_text(p, n, utext, hist),
+                    "start": int(p.spans[n, 0]),
+                    "end": int(p.spans[n, 1]),
+                }
+            )
+        return {
+            "tokens": self.tokenizer.convert_ids_to_tokens(p.input_ids.tolist()),
+            "nodes": nodes,
+            "visible": vis.to(torch.int8).tolist(),
+            "tree_mask": self.config.tree_mask,
+        }
+
+
+def _tokenizer_corpus(
+    dataset: Dataset, texts: list[str], rel_templates: dict[str, str]
+) -> list[str]:
+    """Sentences the tokenizer is trained on: templates, every fact, every title."""
+    kg = dataset.kg
+    key_text = dict(zip(dataset.items, texts))
+    names = [
+        key_text.get(e[len("item:") :], n or e) if e.startswith("item:") else (n or e)
+        for e, n in zip(kg.entities, kg.names)
+    ]
+    corpus = [t.replace("{", " ").replace("}", " ") for t in mpp_templates(dataset.domain)]
+    tmpl = [rel_templates[r] for r in kg.relations]
+    for h, r, t in zip(kg.heads.tolist(), kg.rels.tolist(), kg.tails.tolist()):
+        corpus.append(tmpl[r].replace("[X]", names[h]).replace("[Y]", names[t]))
+    corpus.extend(t for t in dataset.titles if t)
+    corpus.extend(dataset.users[:1000])
+    return corpus

@@ -1,0 +1,158 @@
+"""Prompt templates: masked personalized prompts (MPP) per domain and one sentence per KG relation.
+
+A relation template is a sentence with ``[X]`` (the head) and ``[Y]`` (the tail), as in KP4SR's
+``relation2template.json``. Built-in templates cover every relation of the shipped datasets; a
+user JSON file ``{"relation": "The genre of [X] is [Y]."}`` overrides or extends them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from kp4sr.errors import ConfigError, DataError
+
+# MPP templates: ``{user}`` is the user's ID text, ``{history}`` the items' ID texts joined by
+# " , ", ``{mask}`` the tokenizer's mask token. The first template of a domain is the one used
+# in evaluation; training draws one at random per sample.
+MPP_TEMPLATES: dict[str, list[str]] = {
+    "movie": [
+        "User {user} has watched {history} , and is going to watch {mask} next .",
+        "Given the movies {history} that user {user} watched in order , the next movie is {mask} .",
+        "User {user} watched {history} in this order . Next , the user will watch {mask} .",
+        "After watching {history} , user {user} chooses {mask} as the next movie .",
+    ],
+    "book": [
+        "User {user} has read {history} , and is going to read {mask} next .",
+        "Given the books {history} that user {user} read in order , the next book is {mask} .",
+        "User {user} read {history} in this order . Next , the user will read {mask} .",
+        "After reading {history} , user {user} chooses {mask} as the next book .",
+    ],
+    "music": [
+        "User {user} has listened to {history} , and is going to listen to {mask} next .",
+        "Given the music {history} that user {user} played in order , the next one is {mask} .",
+        "User {user} listened to {history} in this order . Next , the user plays {mask} .",
+        "After listening to {history} , user {user} chooses {mask} next .",
+    ],
+    "item": [
+        "User {user} has interacted with {history} , and is going to choose {mask} next .",
+        "Given the items {history} that user {user} chose in order , the next item is {mask} .",
+        "User {user} chose {history} in this order . Next , the user will choose {mask} .",
+        "After choosing {history} , user {user} picks {mask} as the next item .",
+    ],
+}
+
+HISTORY_SEPARATOR = " , "
+
+RELATION_TEMPLATES: dict[str, str] = {
+    # toy dataset
+    "genre": "The genre of [X] is [Y].",
+    "films_of_genre": "[X] films include [Y].",
+    "directed_by": "[X] is directed by [Y].",
+    "films_directed": "[X] directed [Y].",
+    "next_in_series": "The next film in the series of [X] is [Y].",
+    "previous_in_series": "The previous film in the series of [X] is [Y].",
+    # MovieLens metadata
+    "release_year": "[X] was released in [Y].",
+    "films_of_year": "Films released in [X] include [Y].",
+    # Freebase film relations (KB4Rec ML-100k subgraph)
+    "film.actor": "[Y] acts in [X].",
+    "actor.film": "[X] acts in [Y].",
+    "film.character": "[Y] is a character in [X].",
+    "character.film": "[X] is a character in [Y].",
+    "film.written_by": "[X] is written by [Y].",
+    "writer.film": "[X] wrote [Y].",
+    "film.directed_by": "[X] is directed by [Y].",
+    "director.film": "[X] directed [Y].",
+    "film.person": "[Y] worked on [X].",
+    "person.film": "[X] worked on [Y].",
+    # Freebase book relations (the KP4SR release's relation2template.json, same meaning)
+    "book.written_work.author": "The author of [X] is [Y].",
+    "book.written_work.previous_in_series": "The previous book in the series of [X] is [Y].",
+    "book.written_work.original_language": "The original language of [X] is [Y].",
+    "book.book_subject.works": "Books on the subject [X] include [Y].",
+    "book.author.works_written": "[X] wrote [Y].",
+    "book.written_work.subjects": "The subject of [X] is [Y].",
+    "book.book.genre": "The genre of [X] is [Y].",
+    "media_common.adapted_work.adaptations": "[X] was adapted to [Y].",
+    "book.book.characters": "The characters in [X] include [Y].",
+    "book.book_character.appears_in_book": "[X] appears in [Y].",
+    "book.written_work.next_in_series": "The next book in the series of [X] is [Y].",
+    "book.written_work.part_of_series": "[X] is part of the series [Y].",
+    "media_common.adaptation.adapted_from": "[X] is adapted from [Y].",
+    "book.literary_series.works_in_this_series": "Works in the literary series [X] include [Y].",
+    "media_common.literary_genre.books_in_this_genre": "Books of the genre [X] include [Y].",
+    "book.publishing_company.books_published": "[X] published [Y].",
+}
+
+GENERIC_TEMPLATE = "The {relation} of [X] is [Y]."
+
+
+def check_template(relation: str, template: str, path: str | Path | None = None) -> str:
+    """A relation template must name both ends, once each, or the prompt would drop one."""
+    if not isinstance(template, str) or template.count("[X]") != 1 or template.count("[Y]") != 1:
+        raise DataError(
+            f"template of relation {relation!r} must contain [X] and [Y] once each, "
+            f"got {template!r}",
+            path,
+        )
+    return template
+
+
+def load_relation_templates(path: str | Path) -> dict[str, str]:
+    """Read a user JSON file ``{relation: template}``; every template is validated."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("template file not found", path) from None
+    except OSError as e:
+        raise DataError(f"cannot read ({e.strerror or e})", path) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        line = getattr(e, "lineno", None)
+        raise DataError(f"not valid UTF-8 JSON ({e.__class__.__name__}: {e})", path, line) from None
+    if not isinstance(raw, dict):
+        raise DataError('expected a JSON object {"relation": "sentence with [X] and [Y]"}', path)
+    return {str(r): check_template(str(r), t, path) for r, t in raw.items()}
+
+
+def generic_template(relation: str) -> str:
+    """Fallback sentence for a relation without a template: its last dotted part, in words."""
+    words = relation.rsplit(".", 1)[-1].replace("_", " ")
+    return GENERIC_TEMPLATE.format(relation=words)
+
+
+def resolve_relation_templates(
+    relations: Iterable[str],
+    overrides: dict[str, str] | None = None,
+    allow_generic: bool = False,
+) -> dict[str, str]:
+    """One template per relation of the KG: the user's, else the built-in one.
+
+    A relation with neither is an error naming it, unless ``allow_generic``
+    (``--generic-templates``) asks for :func:`generic_template`.
+    """
+    table = dict(RELATION_TEMPLATES)
+    table.update(overrides or {})
+    out: dict[str, str] = {}
+    missing: list[str] = []
+    for r in relations:
+        if r in table:
+            out[r] = table[r]
+        elif allow_generic:
+            out[r] = generic_template(r)
+        else:
+            missing.append(r)
+    if missing:
+        raise ConfigError(
+            f"no template for relation(s) {', '.join(sorted(missing))}: give them in a JSON file "
+            "with --templates FILE, or pass --generic-templates to use "
+            "'The <relation> of [X] is [Y].'"
+        )
+    return out
+
+
+def mpp_templates(domain: str) -> list[str]:
+    """The MPP templates of a domain (``item`` for unknown domains)."""
+    return MPP_TEMPLATES.get(domain, MPP_TEMPLATES["item"])

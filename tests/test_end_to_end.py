@@ -1,0 +1,150 @@
+"""End to end on the generated toy dataset with a tiny T5: train, save, reload, evaluate,
+recommend, explain — through the Python API and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kp4sr import toy
+from kp4sr.cli import main
+from kp4sr.recommender import KP4SR, Config
+from kp4sr.training import fit
+
+SMALL = dict(max_length=64, degree=2, epochs=2, batch_size=32, beams=10, eval_batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def small_toy():
+    return toy.generate(seed=1, n_users=60, n_items=40)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_toy):
+    out = tmp_path_factory.mktemp("run")
+    rec = KP4SR.create(Config(**SMALL), dataset=small_toy)
+    results = fit(rec, out, progress=False)
+    return rec, out, results
+
+
+def test_fit_writes_a_self_contained_run_folder(trained):
+    rec, out, results = trained
+    for name in ("config.json", "items.json", "templates.json", "dataset.json",
+                 "dataset.safetensors", "metrics.jsonl", "results.json"):
+        assert (out / name).is_file(), name
+    assert (out / "model" / "model.safetensors").is_file()
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+    assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pkl"))
+    log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert all("valid" in r and 0.0 <= r["valid"]["NDCG@10"] <= 1.0 for r in log)
+    assert results["test"]["users"] == 60
+    assert log[1]["train_loss"] < log[0]["train_loss"]  # it learns something
+
+
+def test_reload_gives_identical_rankings(trained):
+    rec, out, _ = trained
+    again = KP4SR.from_pretrained(out)
+    for a, b in zip(rec.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a.cpu(), b.cpu())
+    s = rec.split.test[:8]
+    r1 = rec.rank([x.user for x in s], [x.history for x in s])
+    r2 = again.rank([x.user for x in s], [x.history for x in s])
+    np.testing.assert_array_equal(r1.items, r2.items)
+    assert again.evaluate("test") == rec.evaluate("test")
+
+
+def test_recommend_known_and_new_users(trained):
+    rec, _, _ = trained
+    out = rec.recommend(users=["3"], k=5)[0]
+    assert len(out) == 5
+    ids = [r["item"] for r in out]
+    assert len(set(ids)) == 5 and all(i in rec.dataset.items for i in ids)
+    seen = {rec.dataset.items[i] for i in rec.dataset.sequences[rec.user_index("3")]}
+    assert not seen & set(ids)  # earlier items are excluded by default
+    hist = [["1", "2", "3"], ["7"]]
+    many = rec.recommend(histories=hist, k=4)
+    assert [len(x) for x in many] == [4, 4]
+    assert not {"1", "2", "3"} & {r["item"] for r in many[0]}
+    assert all(r["title"] for r in many[1])
+
+
+def test_unknown_ids_are_clear_errors(trained):
+    from kp4sr.errors import ConfigError
+
+    rec, _, _ = trained
+    with pytest.raises(ConfigError, match="unknown item 'nope'"):
+        rec.recommend(histories=[["nope"]])
+    with pytest.raises(ConfigError, match="unknown user"):
+        rec.recommend(users=["99999"])
+
+
+def test_explain_matches_the_tree(trained):
+    rec, _, _ = trained
+    info = rec.explain(user="5")
+    vis = np.array(info["visible"])
+    L = len(info["tokens"])
+    assert vis.shape == (L, L)
+    nodes = info["nodes"]
+    assert nodes[0]["parent"] is None and nodes[0]["kind"] == "root"
+    items = [n for n in nodes if n["kind"] == "item"]
+    facts = [n for n in nodes if n["kind"] == "fact"]
+    assert items and facts
+    root_word = 0  # the MPP's first token is a root word
+    for f in facts:
+        assert vis[root_word, f["start"]] == 0 and vis[f["start"], root_word] == 0
+    for f in facts:
+        parent = nodes[f["parent"]]
+        assert vis[f["start"], parent["start"]] == 1
+    # facts of different items never see each other
+    by_item = {}
+    for f in facts:
+        p = f
+        while nodes[p["parent"]]["kind"] != "item":
+            p = nodes[p["parent"]]
+        by_item.setdefault(p["parent"], []).append(f)
+    if len(by_item) >= 2:
+        a, b = list(by_item.values())[:2]
+        assert vis[a[0]["start"], b[0]["start"]] == 0
+
+
+def test_cli_train_evaluate_recommend_explain(tmp_path, capsys):
+    run = tmp_path / "cli-run"
+    rc = main(["train", "--dataset", "toy", "--out", str(run), "--epochs", "1",
+               "--max-length", "48", "--degree", "2", "--samples-per-epoch", "256",
+               "--beams", "10", "--eval-batch-size", "64", "--quiet"])
+    assert rc == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--split", "valid", "--json", "--max-users", "40"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"HR@5", "HR@10", "NDCG@5", "NDCG@10", "users"} <= set(res)
+    assert res["users"] == 40
+    assert main(["recommend", str(run), "--user", "1", "-k", "3", "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out)
+    assert len(recs) == 3 and {"item", "title"} <= set(recs[0])
+    assert main(["recommend", str(run), "--history", "4,5,6", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 10
+    png = tmp_path / "mask.png"
+    assert main(["explain", str(run), "--user", "1", "--json", "--png", str(png)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert {"nodes", "visible"} <= set(info) and png.stat().st_size > 1000
+    # a bad request is one line on stderr and exit status 2
+    assert main(["recommend", str(run), "--history", "4,no-such-item"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-such-item" in err[0]
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+
+
+def test_no_knowledge_and_no_tree_mask_switches(small_toy):
+    base = KP4SR.create(Config(**SMALL), dataset=small_toy)
+    s = base.split.test[0]
+    full = base.prompt(s)
+    mpp_only = KP4SR.create(Config(**SMALL, knowledge=False), dataset=small_toy).prompt(s)
+    assert len(mpp_only.input_ids) < len(full.input_ids)
+    assert all(kind[0] != "fact" for kind in mpp_only.nodes)
+    flat = KP4SR.create(Config(**SMALL, tree_mask=False), dataset=small_toy)
+    assert np.array(flat.explain(user=small_toy.users[0])["visible"]).all()
+    assert not np.array(base.explain(user=small_toy.users[0])["visible"]).all()

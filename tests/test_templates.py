@@ -1,0 +1,148 @@
+"""Relation templates: built-ins, JSON overrides and their errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kp4sr.errors import ConfigError, DataError
+from kp4sr.templates import (
+    RELATION_TEMPLATES,
+    check_template,
+    generic_template,
+    load_relation_templates,
+    mpp_templates,
+    resolve_relation_templates,
+)
+from kp4sr.toy import generate
+
+FREEBASE_FILM = [
+    "film.actor", "actor.film", "film.character", "character.film", "film.written_by",
+    "writer.film", "film.directed_by", "director.film", "film.person", "person.film",
+    "genre", "films_of_genre", "release_year", "films_of_year",
+]  # fmt: skip
+BOOKS = Path(__file__).resolve().parents[2] / "shared/datasets/kp4sr-books-partial"
+
+
+def assert_sentence(template: str) -> None:
+    assert template.count("[X]") == 1 and template.count("[Y]") == 1, template
+
+
+def test_toy_relations_have_templates():
+    relations = generate(seed=0, n_users=5, n_items=20).kg.relations
+    assert len(relations) >= 4
+    table = resolve_relation_templates(relations)
+    assert list(table) == relations
+    for r in relations:
+        assert_sentence(table[r])
+
+
+@pytest.mark.parametrize("relation", FREEBASE_FILM)
+def test_freebase_film_relations_have_templates(relation):
+    assert_sentence(resolve_relation_templates([relation])[relation])
+
+
+def test_specific_sentences():
+    t = resolve_relation_templates(["genre", "films_of_genre", "film.directed_by"])
+    assert t["genre"] == "The genre of [X] is [Y]."
+    assert t["films_of_genre"] == "[X] films include [Y]."
+    assert t["film.directed_by"] == "[X] is directed by [Y]."
+
+
+def test_book_relations_have_templates():
+    path = BOOKS / "relation2template.json"
+    if not path.is_file():
+        pytest.skip("kp4sr-books-partial not present")
+    relations = list(json.loads(path.read_text(encoding="utf-8")))
+    assert len(relations) == 16
+    table = resolve_relation_templates(relations)
+    for r in relations:
+        assert_sentence(table[r])
+    # the release's own file is a valid override file too
+    assert set(load_relation_templates(path)) == set(relations)
+
+
+def test_every_builtin_template_is_valid():
+    for r, t in RELATION_TEMPLATES.items():
+        assert check_template(r, t) == t
+
+
+def write_json(tmp_path: Path, content) -> Path:
+    path = tmp_path / "templates.json"
+    text = content if isinstance(content, str) else json.dumps(content)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_json_override(tmp_path):
+    path = write_json(tmp_path, {"genre": "[X] is a [Y] film.", "my.rel": "[Y] likes [X]."})
+    overrides = load_relation_templates(path)
+    table = resolve_relation_templates(["genre", "my.rel", "directed_by"], overrides)
+    assert table == {
+        "genre": "[X] is a [Y] film.",
+        "my.rel": "[Y] likes [X].",
+        "directed_by": RELATION_TEMPLATES["directed_by"],
+    }
+    assert RELATION_TEMPLATES["genre"] == "The genre of [X] is [Y]."  # built-ins untouched
+
+
+@pytest.mark.parametrize(
+    "template", ["The genre is [Y].", "The genre of [X].", "[X] [X] [Y]", "", 3, None]
+)
+def test_template_without_both_ends_is_a_data_error(tmp_path, template):
+    path = write_json(tmp_path, {"genre": template})
+    with pytest.raises(DataError) as info:
+        load_relation_templates(path)
+    assert info.value.path == str(path)
+    assert str(path) in str(info.value)
+    assert "genre" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ['{"genre": "The genre of [X] is [Y]."', "not json", '["a"]'])
+def test_invalid_json_is_a_data_error(tmp_path, text):
+    path = write_json(tmp_path, text)
+    with pytest.raises(DataError) as info:
+        load_relation_templates(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_is_a_data_error(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_relation_templates(tmp_path / "nope.json")
+    assert "nope.json" in str(info.value)
+
+
+def test_directory_instead_of_file_is_a_data_error(tmp_path):
+    """Regression: an IsADirectoryError used to escape as a traceback."""
+    with pytest.raises(DataError, match=str(tmp_path)):
+        load_relation_templates(tmp_path)
+
+
+def test_unknown_relation_is_a_config_error_naming_it():
+    with pytest.raises(ConfigError) as info:
+        resolve_relation_templates(["genre", "people.person.nationality", "zzz_rel"])
+    assert "people.person.nationality" in str(info.value)
+    assert "zzz_rel" in str(info.value)
+    assert "genre," not in str(info.value)
+
+
+def test_generic_templates():
+    table = resolve_relation_templates(
+        ["genre", "people.person.place_of_birth"], allow_generic=True
+    )
+    assert table["genre"] == RELATION_TEMPLATES["genre"]
+    sentence = table["people.person.place_of_birth"]
+    assert_sentence(sentence)
+    assert sentence == "The place of birth of [X] is [Y]."
+    assert generic_template("a.b.c_d") == "The c d of [X] is [Y]."
+
+
+def test_mpp_templates():
+    for domain in ("movie", "book", "music", "item"):
+        ts = mpp_templates(domain)
+        assert len(ts) >= 2
+        for t in ts:
+            assert t.count("{history}") == 1 and t.count("{mask}") == 1 and "{user}" in t
+    assert mpp_templates("podcasts") == mpp_templates("item")
