@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         res["wall_seconds"] = round(time.perf_counter() - t0, 1)
         res.update(model=name, config=cfg.__dict__)
         results.append(res)
-        rows[name] = {**res["test"], "train s": res["train_seconds"], "best epoch": res["best_epoch"]}
+        rows[name] = {**res["test"], "train s": res["train_seconds"]}
+        rows[name]["best epoch"] = res["best_epoch"]
         (out / "results.json").write_text(json.dumps(results, indent=2))
     keys = ("HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR", "users", "train s", "best epoch")
     md = [

@@ -32,8 +32,8 @@ def trained(tmp_path_factory, small_toy):
 
 def test_fit_writes_a_self_contained_run_folder(trained):
     rec, out, results = trained
-    for name in ("config.json", "items.json", "templates.json", "dataset.json",
-                 "dataset.safetensors", "metrics.jsonl", "results.json"):
+    names = "config.json items.json templates.json dataset.json dataset.safetensors"
+    for name in [*names.split(), "metrics.jsonl", "results.json"]:
         assert (out / name).is_file(), name
     assert (out / "model" / "model.safetensors").is_file()
     assert (out / "tokenizer" / "tokenizer.json").is_file()
@@ -113,9 +113,8 @@ def test_explain_matches_the_tree(trained):
 
 def test_cli_train_evaluate_recommend_explain(tmp_path, capsys):
     run = tmp_path / "cli-run"
-    rc = main(["train", "--dataset", "toy", "--out", str(run), "--epochs", "1",
-               "--max-length", "48", "--degree", "2", "--samples-per-epoch", "256",
-               "--beams", "10", "--eval-batch-size", "64", "--quiet"])
+    opts = "--epochs 1 --max-length 48 --degree 2 --samples-per-epoch 256 --beams 10 --quiet"
+    rc = main(["train", "--dataset", "toy", "--out", str(run), *opts.split()])
     assert rc == 0
     capsys.readouterr()
     assert main(["evaluate", str(run), "--split", "valid", "--json", "--max-users", "40"]) == 0
@@ -148,3 +147,83 @@ def test_no_knowledge_and_no_tree_mask_switches(small_toy):
     flat = KP4SR.create(Config(**SMALL, tree_mask=False), dataset=small_toy)
     assert np.array(flat.explain(user=small_toy.users[0])["visible"]).all()
     assert not np.array(base.explain(user=small_toy.users[0])["visible"]).all()
+
+
+def write_generic(ds, folder):
+    """Write a Dataset in the documented generic format (items referenced directly by ID)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["user\titem\ttimestamp"]
+    for u, seq in zip(ds.users, ds.sequences):
+        lines += [f"{u}\t{ds.items[i]}\t{1000 + t}" for t, i in enumerate(seq)]
+    (folder / "interactions.tsv").write_text("\n".join(lines) + "\n")
+    titles = ["item\ttitle"] + [f"{i}\t{t}" for i, t in zip(ds.items, ds.titles)]
+    (folder / "items.tsv").write_text("\n".join(titles) + "\n")
+    strip = lambda e: e[len("item:") :] if e.startswith("item:") else e  # noqa: E731
+    triples = ["head\trelation\ttail"] + [
+        f"{strip(h)}\t{r}\t{strip(t)}" for h, r, t in ds.kg.triples()
+    ]
+    (folder / "triples.tsv").write_text("\n".join(triples) + "\n")
+    names = ["entity_id\tname"] + [
+        f"{e}\t{n}" for e, n in zip(ds.kg.entities, ds.kg.names) if n and not e.startswith("item:")
+    ]
+    (folder / "entity_names.tsv").write_text("\n".join(names) + "\n")
+
+
+def test_cli_on_a_generic_folder_and_its_errors(tmp_path, capsys, small_toy):
+    data = tmp_path / "mydata"
+    write_generic(small_toy, data)
+    assert main(["data", "stats", "--dataset", str(data), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["users"] == 60 and stats["items"] <= 40
+    assert stats["kg_triples"] == small_toy.kg.num_triples
+    run = tmp_path / "run"
+    opts = "--epochs 1 --max-length 48 --degree 2 --beams 5 --quiet"
+    opts += " --item-tokens digits --item-index sequential"
+    assert main(["train", "--dataset", str(data), "--out", str(run), *opts.split()]) == 0
+    rec = KP4SR.from_pretrained(run)
+    assert rec.dataset.name == "mydata" and rec.config.item_tokens == "digits"
+    # the sequential numbering follows first appearance in the interactions file
+    first = rec.dataset.sequences[0][0]
+    assert rec.numbers[first] == 1
+    capsys.readouterr()
+    # a malformed line: one line naming the file and the line, exit status 2
+    bad = tmp_path / "bad"
+    write_generic(small_toy, bad)
+    rows = (bad / "interactions.tsv").read_text().splitlines()
+    rows[2] = "only-one-field"
+    (bad / "interactions.tsv").write_text("\n".join(rows) + "\n")
+    assert main(["train", "--dataset", str(bad), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interactions.tsv" in err[0] and "line 3" in err[0]
+    # a relation without template is an error naming it, unless --generic-templates
+    odd = tmp_path / "odd"
+    write_generic(small_toy, odd)
+    with (odd / "triples.tsv").open("a") as f:
+        f.write(f"{small_toy.items[0]}\tfilm.mood\tgenre:comedy\n")
+    assert main(["data", "stats", "--dataset", str(odd)]) == 0  # stats need no templates
+    capsys.readouterr()
+    assert main(["train", "--dataset", str(odd), "--out", str(tmp_path / "y")]) == 2
+    assert "film.mood" in capsys.readouterr().err
+    cfg = Config(dataset=str(odd), generic_templates=True, max_length=48)
+    rec = KP4SR.create(cfg)
+    assert rec.relation_templates["film.mood"] == "The mood of [X] is [Y]."
+
+
+def test_backbone_from_a_local_checkpoint_folder(tmp_path, small_toy):
+    """--backbone PATH loads a Hugging Face T5 folder and its tokenizer (here: one we made)."""
+    first = KP4SR.create(Config(**SMALL), dataset=small_toy)
+    ckpt = tmp_path / "my-t5"
+    first.model.save_pretrained(ckpt)
+    first.tokenizer.save_pretrained(ckpt)
+    rec = KP4SR.create(Config(**{**SMALL, "backbone": str(ckpt), "epochs": 1}), dataset=small_toy)
+    assert len(rec.tokenizer) == len(first.tokenizer)
+    for a, b in zip(first.model.state_dict().values(), rec.model.state_dict().values()):
+        assert torch.equal(a, b)
+    res = fit(rec, tmp_path / "run", progress=False)
+    assert res["test"]["users"] == 60
+    again = KP4SR.from_pretrained(tmp_path / "run")
+    assert again.config.backbone == str(ckpt)
+    from kp4sr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="neither a size preset"):
+        KP4SR.create(Config(backbone=str(tmp_path / "nope")), dataset=small_toy)

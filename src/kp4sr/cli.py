@@ -25,7 +25,7 @@ OPTION_HELP: dict[str, str] = {
     "generic_templates": "relations without a template get 'The <relation> of [X] is [Y].'",
     "max_items": "history items the model sees (default 5)",
     "item_index": "item ID numbering: random (default) | sequential (P5's, leaks order)",
-    "item_tokens": "item ID tokens: digits (one token per digit, default) | single (one per item)",
+    "item_tokens": "item ID tokens: single (one token per item, default) | digits (one per digit)",
     "hop": "knowledge hops from each history item (default 2)",
     "degree": "at most this many KG edges per entity (default 8)",
     "max_length": "encoder input cap in tokens (default 512)",

@@ -31,6 +31,18 @@ def is_preset(backbone: str) -> bool:
     return backbone in SIZES
 
 
+def check_backbone(backbone: str) -> None:
+    """A preset, an existing local folder, or a hub name (``org/name``, used where online)."""
+    if is_preset(backbone) or Path(backbone).is_dir():
+        return
+    looks_like_path = backbone.startswith((".", "/", "~")) or Path(backbone).suffix != ""
+    if looks_like_path or backbone.count("/") > 1:
+        raise ConfigError(
+            f"--backbone {backbone!r} is neither a size preset ({', '.join(SIZES)}) nor a local "
+            "Hugging Face T5 checkpoint folder"
+        )
+
+
 def build_model(
     backbone: str,
     vocab_size: int,
@@ -57,21 +69,20 @@ def build_model(
             **SIZES[backbone],
         )
         model = T5ForConditionalGeneration(cfg)
+        std = cfg.d_model**-0.5
+        # T5 initialises embeddings with std 1: AdamW (steps ~lr) then needs thousands of
+        # updates per token to move an item's embedding, and items are rare tokens. Every
+        # T5 layer starts with an RMS norm, so a smaller scale changes nothing else.
+        model.shared.weight.data.normal_(0.0, std)
         if not tie_embeddings:
-            # T5's default init gives untied output logits a std of ~sqrt(d_model): start near
-            # uniform instead, as a tied T5 does through its d_model^-0.5 logit scale.
-            model.lm_head.weight.data.normal_(0.0, cfg.d_model**-0.5)
+            # untied output logits would otherwise have a std of ~sqrt(d_model)
+            model.lm_head.weight.data.normal_(0.0, std)
         return model
-    path = Path(backbone)
-    if not path.exists():
-        raise ConfigError(
-            f"--backbone {backbone!r} is neither a size preset ({', '.join(SIZES)}) nor a local "
-            "Hugging Face T5 checkpoint folder"
-        )
+    check_backbone(backbone)
     try:
-        model = T5ForConditionalGeneration.from_pretrained(str(path))
+        model = T5ForConditionalGeneration.from_pretrained(backbone)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot load a T5 checkpoint from {path}: {e}") from None
+        raise ConfigError(f"cannot load a T5 checkpoint from {backbone}: {e}") from None
     if model.get_input_embeddings().num_embeddings < vocab_size:
         model.resize_token_embeddings(vocab_size)
     return model

@@ -23,7 +23,7 @@ from kp4sr.data import Dataset, Sample, Split, leave_one_out, load_saved_dataset
 from kp4sr.decoding import ItemTrie, Ranked, beam_search
 from kp4sr.errors import ConfigError, DataError
 from kp4sr.evaluation import metrics, target_ranks
-from kp4sr.model import build_model, is_preset
+from kp4sr.model import build_model, check_backbone, is_preset
 from kp4sr.prompts import FusedPrompt, PromptBuilder, PromptConfig, collate
 from kp4sr.templates import load_relation_templates, mpp_templates, resolve_relation_templates
 from kp4sr.tokenization import (
@@ -57,7 +57,7 @@ class Config:
     generic_templates: bool = False  # relations without a template get a generic sentence
     max_items: int = 5  # history items the model sees
     item_index: str = "random"  # random | sequential (P5's leaky order of appearance)
-    item_tokens: str = "digits"  # digits: one token per digit | single: one token per item
+    item_tokens: str = "single"  # single: one token per item | digits: one token per digit
     hop: int = 2  # knowledge hops from each history item
     degree: int = 8  # at most this many edges per entity
     max_length: int = 512  # encoder input cap in tokens
@@ -141,6 +141,7 @@ class KP4SR:
         """A fresh, untrained recommender for ``config`` (loads the dataset unless given)."""
         from kp4sr.data import load_dataset
 
+        check_backbone(config.backbone)
         if dataset is None:
             dataset = load_dataset(
                 config.dataset,

@@ -1,0 +1,291 @@
+"""Standard sequential recommenders, trained and evaluated on exactly KP4SR's split.
+
+Every baseline reads the same :class:`~kp4sr.data.Split` (same training positions, same
+validation and test targets, the same ``max_items`` history window) and is ranked over all
+items with the same metrics, so that a comparison table compares models, not pipelines.
+
+- ``pop``: most popular item in the training positions (Ji et al., "A Re-visit of the
+  Popularity Baseline in Recommender Systems", SIGIR 2020).
+- ``gru4rec``: a GRU over the history (Hidasi et al., ICLR 2016), full softmax cross-entropy.
+- ``sasrec``: a causal self-attention encoder (Kang & McAuley, ICDM 2018) trained with full
+  softmax cross-entropy, which beats its original one-negative BCE loss (Klenitskiy & Vasilev,
+  RecSys 2023).
+- ``bert4rec``: a bidirectional encoder trained on the cloze task (Sun et al., CIKM 2019); it
+  predicts the item at a ``[mask]`` appended to the history.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kp4sr.data import Dataset, Sample, Split
+from kp4sr.evaluation import metrics, target_ranks
+
+BASELINES = ("pop", "gru4rec", "sasrec", "bert4rec")
+
+
+@dataclass
+class BaselineConfig:
+    """Options shared by the neural baselines (defaults suit ML-100k on a CPU)."""
+
+    dim: int = 64  # embedding and hidden size
+    layers: int = 2  # transformer blocks / GRU layers
+    heads: int = 2  # attention heads
+    dropout: float = 0.2
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 5  # validations without a better NDCG@10 before stopping
+    mask_prob: float = 0.2  # BERT4Rec: share of history items masked in training
+    seed: int = 0
+    device: str = "cpu"
+
+
+def seen_before(dataset: Dataset, samples: list[Sample]) -> list[np.ndarray]:
+    """Items each user had before the target: excluded from the ranking like KP4SR's."""
+    return [dataset.sequences[s.user][: s.position] for s in samples]
+
+
+def rank_scores(scores: np.ndarray, seen: list[np.ndarray] | None, k: int) -> np.ndarray:
+    """Top-``k`` item indices per row of a [U, n_items] score matrix, seen items excluded."""
+    scores = scores.astype(np.float32, copy=True)
+    if seen is not None:
+        for row, items in enumerate(seen):
+            scores[row, items] = -np.inf
+    top = np.argpartition(-scores, kth=min(k, scores.shape[1] - 1), axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
+
+
+class Baseline:
+    """Common interface: ``fit`` on a split, ``scores`` for a batch of histories."""
+
+    name = "baseline"
+
+    def __init__(self, n_items: int, max_items: int, config: BaselineConfig):
+        self.n_items, self.max_items, self.config = n_items, max_items, config
+
+    def fit(self, dataset: Dataset, split: Split, progress: bool = False) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def scores(self, histories: list[np.ndarray]) -> np.ndarray:
+        """[B, n_items] scores, higher is better."""
+        raise NotImplementedError
+
+    def evaluate(
+        self, dataset: Dataset, samples: list[Sample], exclude_seen: bool = True, k: int = 20
+    ) -> dict[str, float]:
+        ranked = []
+        for s in range(0, len(samples), 512):
+            chunk = samples[s : s + 512]
+            sc = self.scores([x.history for x in chunk])
+            seen = seen_before(dataset, chunk) if exclude_seen else None
+            ranked.append(rank_scores(sc, seen, k))
+        items = np.concatenate(ranked) if ranked else np.zeros((0, k), dtype=np.int64)
+        targets = np.array([x.target for x in samples], dtype=np.int64)
+        return metrics(target_ranks(items, targets))
+
+
+class Pop(Baseline):
+    """Most popular items among the training targets (and the first items of sequences)."""
+
+    name = "pop"
+
+    def fit(self, dataset: Dataset, split: Split, progress: bool = False) -> dict[str, Any]:
+        counts = np.zeros(self.n_items, dtype=np.float64)
+        targets = np.array([s.target for s in split.train], dtype=np.int64)
+        np.add.at(counts, targets, 1.0)
+        firsts = np.array([seq[0] for seq in dataset.sequences if len(seq) >= 3], dtype=np.int64)
+        np.add.at(counts, firsts, 1.0)
+        self.counts = counts
+        return {"epochs": 0}
+
+    def scores(self, histories: list[np.ndarray]) -> np.ndarray:
+        return np.broadcast_to(self.counts, (len(histories), self.n_items)).copy()
+
+
+class _SequenceNet(nn.Module):
+    """Embeds a left-padded history [B, T] (0 = padding, items are 1..n) and returns [B, d]."""
+
+    def __init__(self, kind: str, n_items: int, max_items: int, cfg: BaselineConfig):
+        super().__init__()
+        self.kind = kind
+        d = cfg.dim
+        self.item = nn.Embedding(n_items + 2, d, padding_idx=0)  # n+1 is BERT4Rec's [mask]
+        self.drop = nn.Dropout(cfg.dropout)
+        if kind == "gru4rec":
+            self.gru = nn.GRU(d, d, num_layers=cfg.layers, batch_first=True, dropout=cfg.dropout)
+        else:
+            self.pos = nn.Embedding(max_items + 1, d)
+            layer = nn.TransformerEncoderLayer(
+                d,
+                cfg.heads,
+                4 * d,
+                cfg.dropout,
+                batch_first=True,
+                norm_first=True,
+                activation="gelu",
+            )
+            self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(d)
+        self.out_bias = nn.Parameter(torch.zeros(n_items + 2))
+
+    def hidden(self, seq: torch.Tensor) -> torch.Tensor:
+        """[B, T] ids -> [B, T, d] hidden states."""
+        x = self.drop(self.item(seq))  # [B, T, d]
+        if self.kind == "gru4rec":
+            return self.gru(x)[0]
+        t = seq.shape[1]
+        x = x + self.pos(torch.arange(t, device=seq.device))[None]
+        pad = seq == 0  # [B, T]
+        causal = None
+        if self.kind == "sasrec":
+            causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=seq.device), 1)
+        # a fully padded row would make softmax NaN: let padding see itself
+        pad = pad & ~torch.eye(t, dtype=torch.bool, device=seq.device)[-1][None]
+        h = self.encoder(x, mask=causal, src_key_padding_mask=pad)
+        return self.norm(h)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """[..., d] -> [..., n_items + 2] by the tied item embeddings."""
+        return h @ self.item.weight.T + self.out_bias
+
+
+class NeuralBaseline(Baseline):
+    """GRU4Rec, SASRec or BERT4Rec with full softmax cross-entropy and early stopping."""
+
+    def __init__(self, kind: str, n_items: int, max_items: int, config: BaselineConfig):
+        super().__init__(n_items, max_items, config)
+        self.name = kind
+        torch.manual_seed(config.seed)
+        self.net = _SequenceNet(kind, n_items, max_items, config).to(config.device)
+        self.mask_id = n_items + 1
+
+    def _pad(self, histories: list[np.ndarray], extra: int = 0) -> torch.Tensor:
+        """Left-pad histories (item i is id i+1) to one length; ``extra`` free slots at the end."""
+        t = self.max_items + extra
+        out = np.zeros((len(histories), t), dtype=np.int64)
+        for r, h in enumerate(histories):
+            h = np.asarray(h[-self.max_items :], dtype=np.int64) + 1
+            out[r, t - extra - len(h) : t - extra] = h
+        if extra:
+            out[:, -1] = self.mask_id
+        return torch.from_numpy(out).to(self.config.device)
+
+    def _last_logits(self, histories: list[np.ndarray]) -> torch.Tensor:
+        extra = 1 if self.name == "bert4rec" else 0
+        seq = self._pad(histories, extra)
+        h = self.net.hidden(seq)[:, -1]  # [B, d]
+        return self.net.logits(h)[:, 1 : self.n_items + 1]  # [B, n_items]
+
+    @torch.no_grad()
+    def scores(self, histories: list[np.ndarray]) -> np.ndarray:
+        self.net.eval()
+        return self._last_logits(histories).float().cpu().numpy()
+
+    def _loss(self, batch: list[Sample], rng: np.random.Generator) -> torch.Tensor:
+        targets = torch.tensor([s.target for s in batch], device=self.config.device)
+        if self.name != "bert4rec":
+            return nn.functional.cross_entropy(
+                self._last_logits([s.history for s in batch]), targets
+            )
+        # BERT4Rec: cloze over the history plus the target at the appended [mask]
+        full = [np.append(s.history[-self.max_items :], s.target) for s in batch]
+        seq = self._pad([f[:-1] for f in full], 1)  # [B, T+1], last is [mask]
+        labels = torch.full_like(seq, -100)
+        labels[:, -1] = targets + 1
+        hist = seq[:, :-1]
+        drop = torch.from_numpy(rng.random(tuple(hist.shape)) < self.config.mask_prob).to(
+            seq.device
+        )
+        drop &= hist > 0
+        labels[:, :-1] = torch.where(drop, hist, labels[:, :-1])
+        seq = seq.clone()
+        seq[:, :-1] = torch.where(drop, torch.full_like(hist, self.mask_id), hist)
+        logits = self.net.logits(self.net.hidden(seq))  # [B, T+1, n+2]
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+    def fit(self, dataset: Dataset, split: Split, progress: bool = False) -> dict[str, Any]:
+        cfg = self.config
+        opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        train = split.train
+        best, best_state, best_epoch, bad = -1.0, None, 0, 0
+        log = []
+        for epoch in range(1, cfg.epochs + 1):
+            rng = np.random.default_rng([cfg.seed, epoch])
+            order = rng.permutation(len(train))
+            self.net.train()
+            total = 0.0
+            for s in range(0, len(order), cfg.batch_size):
+                batch = [train[i] for i in order[s : s + cfg.batch_size]]
+                loss = self._loss(batch, rng)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(batch)
+            valid = self.evaluate(dataset, split.valid)
+            log.append({"epoch": epoch, "loss": total / max(1, len(train)), "valid": valid})
+            if progress:
+                print(
+                    f"{self.name} epoch {epoch}: loss {log[-1]['loss']:.4f} "
+                    f"valid NDCG@10 {valid['NDCG@10']:.4f}",
+                    flush=True,
+                )
+            if valid["NDCG@10"] > best:
+                best, best_epoch, bad = valid["NDCG@10"], epoch, 0
+                best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    break
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        return {"epochs": len(log), "best_epoch": best_epoch, "log": log}
+
+
+def make_baseline(name: str, n_items: int, max_items: int, config: BaselineConfig) -> Baseline:
+    if name == "pop":
+        return Pop(n_items, max_items, config)
+    if name in ("gru4rec", "sasrec", "bert4rec"):
+        return NeuralBaseline(name, n_items, max_items, config)
+    from kp4sr.errors import ConfigError
+
+    raise ConfigError(f"unknown baseline {name!r}: expected one of {', '.join(BASELINES)}")
+
+
+def run_baseline(
+    name: str,
+    dataset: Dataset,
+    split: Split,
+    max_items: int,
+    config: BaselineConfig,
+    out: Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train one baseline and return its validation and test metrics and training time."""
+    model = make_baseline(name, len(dataset.items), max_items, config)
+    t0 = time.perf_counter()
+    info = model.fit(dataset, split, progress)
+    seconds = time.perf_counter() - t0
+    result = {
+        "model": name,
+        "seed": config.seed,
+        "train_seconds": round(seconds, 2),
+        "best_epoch": info.get("best_epoch", 0),
+        "valid": model.evaluate(dataset, split.valid),
+        "test": model.evaluate(dataset, split.test),
+        "config": asdict(config),
+    }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.json").write_text(json.dumps({**result, "log": info.get("log", [])}))
+    return result
