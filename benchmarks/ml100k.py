@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--min-user", type=int, default=0, help="k-core (default 0: all users)")
+    p.add_argument("--min-item", type=int, default=0, help="k-core (default 0: all items)")
+    p.add_argument("--min-user", type=int, default=0, help="k-core (default 0: no filtering)")
+    p.add_argument("--min-item", type=int, default=0, help="k-core (default 0: no filtering)")
     p.add_argument("--quick", action="store_true", help="first 200 validation users only")
     args = p.parse_args(argv)
 
@@ -96,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             patience=args.patience,
+            min_user=args.min_user,
+            min_item=args.min_item,
             **VARIANTS[name],
         )
         t0 = time.perf_counter()

@@ -124,3 +124,12 @@ def tiny_world() -> World:
 @pytest.fixture(scope="session")
 def world_factory():
     return make_world
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_dataset_cache(tmp_path_factory):
+    """Tests never read or write the user's dataset cache (~/.cache/kp4sr)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KP4SR_CACHE", str(tmp_path_factory.mktemp("kp4sr-cache")))
+    yield
+    mp.undo()

@@ -124,3 +124,21 @@ def test_table_and_cache_dir(monkeypatch, tmp_path: Path) -> None:
     assert dl.default_cache_dir() == tmp_path
     monkeypatch.delenv("KP4SR_CACHE")
     assert dl.default_cache_dir() == Path.home() / ".cache" / "kp4sr"
+
+
+def test_cli_data_download(server: Server, monkeypatch, tmp_path: Path, capsys) -> None:
+    from kp4sr.cli import main
+
+    serve(server, monkeypatch, ARCHIVE, hashlib.md5(ARCHIVE).hexdigest())
+    args = ["data", "download", "ml-100k", "--cache-dir", str(tmp_path), "--base-url", server.url]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == str(tmp_path / "ml-100k")
+    assert "GroupLens" in out.err  # the terms are printed with the download
+    serve(server, monkeypatch, ARCHIVE, "0" * 32)  # a checksum that cannot match
+    assert (
+        main([*args[:2], "ml-100k", "--cache-dir", str(tmp_path / "b"), "--base-url", server.url])
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("kp4sr: error:") and "checksum" in err[-1].lower()

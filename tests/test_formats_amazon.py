@@ -167,3 +167,12 @@ def test_truncated_gzip_and_empty_file(tmp_path: Path) -> None:
     assert "corrupt or truncated" in str(err)
     err = error(write(tmp_path / "empty.json", [""]))
     assert "no reviews" in str(err)
+
+
+def test_missing_file_and_bad_utf8(tmp_path: Path) -> None:
+    err = error(tmp_path / "absent.json")
+    assert err.line is None and "cannot read" in str(err)
+    path = tmp_path / "r.json"
+    path.write_bytes(json.dumps(REVIEWS[0]).encode() + b"\n" + b'{"reviewerID": "\xff"}\n')
+    err = error(path)
+    assert err.line == 2 and "utf-8" in str(err)

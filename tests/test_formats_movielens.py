@@ -329,3 +329,10 @@ def test_reader_error_line_across_chunks(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         read_numeric_columns(path, b"\t", COLUMNS, ("user",), chunk_bytes=64)
     assert info.value.line == 412 and "found 3" in str(info.value)
+
+
+def test_reader_comma_in_a_tab_file_is_not_a_separator(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.tsv", ["1\t2\t3\t4", "1,5\t2\t3"])
+    with pytest.raises(DataError) as info:
+        read_numeric_columns(path, b"\t", COLUMNS, ("user",))
+    assert info.value.line == 2

@@ -122,20 +122,18 @@ def test_directory_instead_of_file_is_a_data_error(tmp_path):
 
 def test_unknown_relation_is_a_config_error_naming_it():
     with pytest.raises(ConfigError) as info:
-        resolve_relation_templates(["genre", "people.person.nationality", "zzz_rel"])
-    assert "people.person.nationality" in str(info.value)
+        resolve_relation_templates(["genre", "film.film.mood", "zzz_rel"])
+    assert "film.film.mood" in str(info.value)
     assert "zzz_rel" in str(info.value)
     assert "genre," not in str(info.value)
 
 
 def test_generic_templates():
-    table = resolve_relation_templates(
-        ["genre", "people.person.place_of_birth"], allow_generic=True
-    )
+    table = resolve_relation_templates(["genre", "film.film.place_of_shooting"], allow_generic=True)
     assert table["genre"] == RELATION_TEMPLATES["genre"]
-    sentence = table["people.person.place_of_birth"]
+    sentence = table["film.film.place_of_shooting"]
     assert_sentence(sentence)
-    assert sentence == "The place of birth of [X] is [Y]."
+    assert sentence == "The place of shooting of [X] is [Y]."
     assert generic_template("a.b.c_d") == "The c d of [X] is [Y]."
 
 

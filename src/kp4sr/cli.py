@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import sys
+from pathlib import Path
 
 from kp4sr.errors import KP4SRError
 
@@ -21,6 +22,12 @@ OPTION_HELP: dict[str, str] = {
     "kg": "knowledge used: metadata | freebase | both | none (default: all present)",
     "nameless": "KG entities without a name: skip their triples (default) or write their id",
     "names": "any (default) | latin: treat names without a Latin letter as nameless",
+    "min_user": "k-core before the split: drop users with fewer interactions (default 5; 0: off)",
+    "min_item": "k-core before the split: drop items with fewer interactions (default 5; 0: off)",
+    "items": "LFM-1b items: artist | album | track (default)",
+    "freebase": "Freebase KG: a KB4Rec-style folder, a triples TSV or an N-Triples dump (.gz)",
+    "linkage": "KB4Rec linkage file item -> MID (ml2fb.txt, ab2fb.txt, lfb2fb.txt)",
+    "cache": "do not cache the preprocessed dataset",
     "templates": "JSON file {relation: sentence with [X] and [Y]} overriding built-in templates",
     "generic_templates": "relations without a template get 'The <relation> of [X] is [Y].'",
     "max_items": "history items the model sees (default 5)",
@@ -56,13 +63,20 @@ NEGATED = {
     "knowledge": "--no-knowledge",
     "tree_mask": "--no-tree-mask",
     "exclude_seen": "--keep-seen",
+    "cache": "--no-cache",
 }
+# the options that say how a dataset is read (``kp4sr data stats`` takes only these)
+DATA_FIELDS = (
+    "dataset data_dir kg nameless names min_user min_item items freebase linkage cache hop seed"
+).split()
 
 
-def _add_config_options(p: argparse.ArgumentParser) -> None:
+def _add_config_options(p: argparse.ArgumentParser, only: list[str] | None = None) -> None:
     from kp4sr.recommender import Config
 
     for f in dataclasses.fields(Config):
+        if only is not None and f.name not in only:
+            continue
         flag = "--" + f.name.replace("_", "-")
         help_ = OPTION_HELP.get(f.name, "")
         if f.type in ("bool", bool):
@@ -195,6 +209,15 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from kp4sr.download import default_cache_dir, download
+
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    folder = download(args.name, cache, base_url=args.base_url, progress=True)
+    print(folder)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kp4sr", description="Knowledge prompt-tuning for sequential recommendation (KP4SR)"
@@ -242,13 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
     s = dsub.add_parser("stats", help="users, items, interactions, sparsity, KG size")
-    s.add_argument("--dataset", default="toy")
-    s.add_argument("--data-dir", default=None)
-    s.add_argument("--kg", default=None)
-    s.add_argument("--nameless", default="skip")
-    s.add_argument("--names", default="any")
+    _add_config_options(s, DATA_FIELDS)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_data_stats)
+    dl = dsub.add_parser("download", help="fetch and verify an official MovieLens archive")
+    dl.add_argument("name", help="ml-100k | ml-1m | ml-10m | ml-20m | ml-latest-small")
+    dl.add_argument("--cache-dir", default=None, help="default: $KP4SR_CACHE or ~/.cache/kp4sr")
+    dl.add_argument("--base-url", default=None, help="a mirror instead of files.grouplens.org")
+    dl.set_defaults(func=cmd_data_download)
     return p
 
 

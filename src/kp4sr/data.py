@@ -7,6 +7,7 @@ Loaders for file formats live in :mod:`kp4sr.loaders`, the generated default dat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -121,6 +122,7 @@ class Dataset:
     sequences: list[np.ndarray]
     kg: KnowledgeGraph = field(default_factory=KnowledgeGraph.empty)
     skipped: dict[str, int] = field(default_factory=dict)
+    templates: dict[str, str] = field(default_factory=dict)  # relation templates the data ships
 
     @property
     def num_interactions(self) -> int:
@@ -219,64 +221,252 @@ def default_data_dir() -> Path | None:
 
 
 KG_CHOICES = ("metadata", "freebase", "both", "none")
+MOVIELENS_NAMES = (
+    "movielens",
+    "ml-1m",
+    "ml-10m",
+    "ml-20m",
+    "ml-25m",
+    "ml-latest",
+    "ml-latest-small",
+)
+ML100K_NAMES = ("ml-100k", "ml100k", "movielens-100k")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How a dataset is read: which knowledge, naming policy, filtering and extra files."""
+
+    kg: str | None = None  # metadata | freebase | both | none; None: all that is present
+    nameless: str = "skip"  # Freebase entities without a name: skip their triples, or use the id
+    script: str = "any"  # any | latin: a name without a Latin letter counts as no name
+    min_user: int = 5  # k-core: users with fewer interactions are dropped (0: keep all)
+    min_item: int = 5  # k-core: items with fewer interactions are dropped (0: keep all)
+    items: str = "track"  # LFM-1b: artist | album | track
+    freebase: str | None = None  # KB4Rec-style KG folder, triples TSV or N-Triples dump
+    linkage: str | None = None  # KB4Rec linkage file (ml2fb.txt, ab2fb.txt, lfb2fb.txt)
+    hop: int = 2  # hops kept when streaming a Freebase dump
+    cache: bool = True  # cache preprocessed file-based datasets ($KP4SR_CACHE)
+
+
+def _data_root(data_dir: str | Path | None, what: str) -> Path:
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    if root is None:
+        raise ConfigError(
+            f"{what} needs its files: pass --data-dir DIR or set KP4SR_DATA to their folder"
+        )
+    return root
+
+
+def _subfolder(root: Path, *names: str) -> Path:
+    """``root/<name>`` for the first name present, else ``root`` itself."""
+    for n in names:
+        if (root / n).is_dir():
+            return root / n
+    return root
+
+
+def _first(folder: Path, patterns: tuple[str, ...]) -> Path | None:
+    for pat in patterns:
+        hits = sorted(p for p in folder.glob(pat) if p.is_file())
+        if hits:
+            return hits[0]
+    return None
+
+
+def _freebase_kg(ds: Dataset, opts: DataOptions, default_linkage: Path | None) -> KnowledgeGraph:
+    """The Freebase KG of ``--freebase`` (a KB4Rec-style folder, a triples TSV or an N-Triples
+    dump, gzipped or not) tied to the dataset's items through ``--linkage``."""
+    from kp4sr import loaders
+    from kp4sr.formats import freebase as fb
+
+    src = Path(opts.freebase)  # type: ignore[arg-type]
+    skipped: dict[str, int] = {}
+    if src.is_dir():
+        kg, skipped = loaders.load_kb4rec_kg(src, ds.items, opts.nameless, opts.script)
+    else:
+        link_path = Path(opts.linkage) if opts.linkage else default_linkage
+        if link_path is None or not link_path.is_file():
+            raise ConfigError(
+                f"--freebase {src} needs --linkage FILE (a KB4Rec linkage such as ml2fb.txt)"
+            )
+        links, s1 = fb.load_linkage(link_path, ds.items)
+        if src.name.endswith((".tsv", ".tsv.gz", ".txt")):
+            triples, s2 = fb.load_triples_tsv(src)
+            names = loaders._kb4rec_names(src.parent / "entity_names.tsv", s2)
+        else:
+            triples, names, s2 = fb.stream_ntriples(src, set(links.values()), opts.hop)
+        kg, s3 = fb.build_kg(ds.items, links, triples, names, opts.nameless, opts.script)
+        for part in (s1, s2, s3):
+            for k, v in part.items():
+                skipped[k] = skipped.get(k, 0) + v
+    for k, v in skipped.items():
+        ds.skipped[k] = ds.skipped.get(k, 0) + v
+    return kg
+
+
+def _with_knowledge(ds: Dataset, fb_kg: KnowledgeGraph | None, kg: str | None) -> Dataset:
+    """Combine the metadata KG (already in ``ds``) with a Freebase KG as ``--kg`` asks."""
+    if kg in ("freebase", "both") and fb_kg is None:
+        raise ConfigError(
+            f"--kg {kg} needs a Freebase KG: pass --freebase PATH (and --linkage FILE), or put "
+            "ml-100k-freebase/ beside ml-100k/"
+        )
+    if kg == "none":
+        ds.kg = KnowledgeGraph.empty()
+    elif kg == "freebase":
+        ds.kg = fb_kg  # type: ignore[assignment]
+    elif fb_kg is not None and kg != "metadata":
+        ds.kg = ds.kg.merge(fb_kg)
+    return ds
+
+
+def _read_files(name: str, root: Path | None, opts: DataOptions) -> Dataset:
+    """Read a file-based dataset and its KG."""
+    from kp4sr import loaders
+    from kp4sr.formats.amazon import load_amazon_reviews
+    from kp4sr.formats.kp4sr_release import load_kp4sr_release
+    from kp4sr.formats.lfm1b import load_lfm1b
+    from kp4sr.formats.movielens import load_movielens
+
+    fb_kg = None
+    linkage_dir = None if root is None else root / "kb4rec-linkage"
+    if name in ML100K_NAMES or name in MOVIELENS_NAMES:
+        assert root is not None
+        folder = _subfolder(root, name) if name != "movielens" else root
+        if name in ML100K_NAMES:
+            folder = _subfolder(root, "ml-100k")
+        ds = load_movielens(folder)
+        beside = folder.parent / "ml-100k-freebase"
+        if (
+            opts.freebase is None
+            and ds.name == "ml-100k"
+            and beside.is_dir()
+            and opts.kg != "metadata"
+        ):
+            opts = dataclasses.replace(opts, freebase=str(beside))
+        link = None if linkage_dir is None else linkage_dir / "ml2fb.txt"
+    elif name in ("amazon-books", "amazon"):
+        assert root is not None
+        folder = _subfolder(root, "amazon-books", "amazon")
+        reviews = _first(folder, ("reviews_*.json*", "*_5.json*", "Books.json*", "*review*.json*"))
+        if reviews is None:
+            raise DataError(
+                "no Amazon review file (reviews_*.json[.gz], *_5.json[.gz] or Books.json[.gz])",
+                folder,
+            )
+        meta = _first(folder, ("meta_*.json*", "meta*.json*"))
+        ds = load_amazon_reviews(reviews, meta, name="amazon-books")
+        link = None if linkage_dir is None else linkage_dir / "ab2fb.txt"
+    elif name in ("lfm-1b", "lfm1b"):
+        assert root is not None
+        folder = _subfolder(root, "lfm-1b", "LFM-1b")
+        ds = load_lfm1b(folder, items=opts.items)
+        link = None if linkage_dir is None else linkage_dir / "lfb2fb.txt"
+    else:
+        folder = Path(name[len("kp4sr:") :]) if name.startswith("kp4sr:") else Path(name)
+        if not folder.is_dir() and root is not None and (root / folder).is_dir():
+            folder = root / folder
+        if not folder.is_dir():
+            raise ConfigError(
+                f"unknown dataset {name!r}: expected toy, ml-100k, movielens, ml-1m, ml-10m, "
+                "ml-20m, amazon-books, lfm-1b, kp4sr:PATH or a folder in the generic format"
+            )
+        link = None
+        if name.startswith("kp4sr:") or (folder / "sequential_data.txt").is_file():
+            ds, templates = load_kp4sr_release(folder, nameless=opts.nameless)
+            ds.templates = dict(templates)
+        elif any((folder / f).is_file() for f in ("u.data", "ratings.dat", "ratings.csv")):
+            ds = load_movielens(folder)
+        elif (folder / "LFM-1b_LEs.txt").is_file():
+            ds = load_lfm1b(folder, items=opts.items)
+        else:
+            ds = loaders.load_generic(folder, nameless=opts.nameless)
+    if opts.freebase is not None:
+        fb_kg = _freebase_kg(ds, opts, link)
+    return _with_knowledge(ds, fb_kg, opts.kg)
 
 
 def load_dataset(
-    name: str,
-    data_dir: str | Path | None = None,
-    kg: str | None = None,
-    seed: int = 0,
-    nameless: str = "skip",
-    script: str = "any",
+    name: str, data_dir: str | Path | None = None, options: DataOptions | None = None, seed: int = 0
 ) -> Dataset:
-    """Resolve ``toy``, ``ml-100k`` or a folder in the generic format to a :class:`Dataset`.
+    """Resolve a dataset name or folder to a :class:`Dataset`, k-core filtered.
 
-    ``kg`` chooses the knowledge: ``metadata`` (genres, years from the item file), ``freebase``
-    (a KB4Rec-style KG folder), ``both`` or ``none``; ``None`` means both where present.
-    ``nameless`` and ``script`` are the Freebase naming policy of
-    :func:`kp4sr.loaders.load_kb4rec_kg`.
+    Names: ``toy`` (generated from ``seed``), ``ml-100k``, ``movielens`` / ``ml-1m`` / ``ml-10m``
+    / ``ml-20m`` / ``ml-latest-small`` (any MovieLens layout), ``amazon-books``, ``lfm-1b``,
+    ``kp4sr:PATH`` (the KP4SR authors' released format), or a folder (the format is detected:
+    KP4SR release, MovieLens, LFM-1b, else our generic format). File-based datasets are cached
+    after preprocessing, keyed by their input files and every option.
     """
-    from kp4sr import loaders, toy
+    from kp4sr import toy
+    from kp4sr.filtering import k_core
 
-    if kg is not None and kg not in KG_CHOICES:
-        raise ConfigError(f"unknown --kg {kg!r}: expected one of {', '.join(KG_CHOICES)}")
+    opts = options or DataOptions()
+    if opts.kg is not None and opts.kg not in KG_CHOICES:
+        raise ConfigError(f"unknown --kg {opts.kg!r}: expected one of {', '.join(KG_CHOICES)}")
     if name == "toy":
-        ds = toy.generate(seed=seed)
-    elif name in ("ml-100k", "ml100k", "movielens-100k"):
-        root = Path(data_dir) if data_dir is not None else default_data_dir()
-        if root is None:
-            raise ConfigError(
-                "ml-100k needs its files: pass --data-dir DIR or set KP4SR_DATA "
-                "(DIR holds ml-100k/ or u.data itself)"
-            )
-        folder = root / "ml-100k" if (root / "ml-100k").is_dir() else root
-        fb = root / "ml-100k-freebase"
-        ds = loaders.load_movielens_100k(folder)
-        want_fb = kg in ("freebase", "both") or (kg is None and fb.is_dir())
-        if want_fb:
-            if not fb.is_dir():
-                raise ConfigError(f"--kg {kg} needs the Freebase KG folder {fb}, which is missing")
-            fb_kg, skipped = loaders.load_kb4rec_kg(fb, ds.items, nameless=nameless, script=script)
-            for k, v in skipped.items():
-                ds.skipped[k] = ds.skipped.get(k, 0) + v
-            if kg == "freebase":
-                ds.kg = fb_kg
-            else:
-                ds.kg = ds.kg.merge(fb_kg)
+        ds = _with_knowledge(toy.generate(seed=seed), None, opts.kg if opts.kg != "both" else None)
     else:
-        path = Path(name)
-        if not path.is_dir() and data_dir is not None:
-            path = Path(data_dir) / name
-        if not path.is_dir():
-            raise ConfigError(
-                f"unknown dataset {name!r}: expected toy, ml-100k or a folder in the generic format"
-            )
-        ds = loaders.load_generic(path, nameless=nameless)
-    if kg == "none":
-        ds.kg = KnowledgeGraph.empty()
+        known = (
+            name in ML100K_NAMES
+            or name in MOVIELENS_NAMES
+            or name in ("amazon-books", "amazon", "lfm-1b", "lfm1b")
+        )
+        root = _data_root(data_dir, name) if known else (Path(data_dir) if data_dir else None)
+
+        def build() -> Dataset:
+            return _read_files(name, root, opts)
+
+        if opts.cache:
+            from kp4sr.cache import cached
+
+            files = _input_files(name, root, opts)
+            key = {"name": name, "root": str(root), **dataclasses.asdict(opts)}
+            key.pop("cache")
+            ds = cached(key, files, build)
+        else:
+            ds = build()
+    if opts.min_user or opts.min_item:
+        before = len(ds.users), len(ds.items), ds.num_interactions
+        ds, report = k_core(ds, opts.min_user, opts.min_item)
+        for what, b, a in zip(
+            ("users", "items", "interactions"),
+            before,
+            (len(ds.users), len(ds.items), ds.num_interactions),
+        ):
+            if b != a:
+                ds.skipped[f"{what}_removed_by_k_core"] = b - a
     if not any(len(s) for s in ds.sequences):
-        raise DataError("the dataset has no interactions", name)
+        raise DataError("the dataset has no interactions (after k-core filtering)", name)
     return ds
+
+
+def _input_files(name: str, root: Path | None, opts: DataOptions) -> list[Path]:
+    """The files a dataset is read from, for the cache key (every file of its folders)."""
+    folders: list[Path] = []
+    if root is not None:
+        for sub in (
+            "ml-100k",
+            name,
+            "ml-100k-freebase",
+            "amazon-books",
+            "amazon",
+            "lfm-1b",
+            "LFM-1b",
+            "kb4rec-linkage",
+        ):
+            if (root / sub).is_dir():
+                folders.append(root / sub)
+        folders.append(root)
+    path = Path(name[len("kp4sr:") :]) if name.startswith("kp4sr:") else Path(name)
+    if path.is_dir():
+        folders.append(path)
+    files = sorted({p for f in folders for p in f.iterdir() if p.is_file()})
+    for extra in (opts.freebase, opts.linkage):
+        if extra:
+            e = Path(extra)
+            files += sorted(p for p in e.iterdir() if p.is_file()) if e.is_dir() else [e]
+    return files
 
 
 def save_dataset(ds: Dataset, folder: Path) -> None:
@@ -303,6 +493,7 @@ def save_dataset(ds: Dataset, folder: Path) -> None:
         "items": ds.items,
         "titles": ds.titles,
         "skipped": ds.skipped,
+        "templates": ds.templates,
         "kg_entities": ds.kg.entities,
         "kg_names": ds.kg.names,
         "kg_relations": ds.kg.relations,
@@ -346,4 +537,5 @@ def load_saved_dataset(folder: Path) -> Dataset:
         sequences=list(sequences),
         kg=kg,
         skipped=meta.get("skipped", {}),
+        templates=meta.get("templates", {}),
     )

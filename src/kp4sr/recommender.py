@@ -19,7 +19,15 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
-from kp4sr.data import Dataset, Sample, Split, leave_one_out, load_saved_dataset, save_dataset
+from kp4sr.data import (
+    DataOptions,
+    Dataset,
+    Sample,
+    Split,
+    leave_one_out,
+    load_saved_dataset,
+    save_dataset,
+)
 from kp4sr.decoding import ItemTrie, Ranked, beam_search
 from kp4sr.errors import ConfigError, DataError
 from kp4sr.evaluation import metrics, target_ranks
@@ -53,6 +61,12 @@ class Config:
     kg: str | None = None  # metadata | freebase | both | none (None: all that is present)
     nameless: str = "skip"  # KG entities without a name: skip their triples, or use the id
     names: str = "any"  # any | latin: treat names without a Latin letter as nameless
+    min_user: int = 5  # k-core before the split: drop users with fewer interactions
+    min_item: int = 5  # k-core before the split: drop items with fewer interactions
+    items: str = "track"  # LFM-1b items: artist | album | track
+    freebase: str | None = None  # Freebase KG: KB4Rec-style folder, triples TSV, N-Triples dump
+    linkage: str | None = None  # KB4Rec linkage file (ml2fb.txt, ab2fb.txt, lfb2fb.txt)
+    cache: bool = True  # cache preprocessed datasets ($KP4SR_CACHE, else ~/.cache/kp4sr)
     templates: str | None = None  # JSON file {relation: "sentence with [X] and [Y]"}
     generic_templates: bool = False  # relations without a template get a generic sentence
     max_items: int = 5  # history items the model sees
@@ -90,6 +104,22 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown option(s) in config: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+def data_options(config: Config) -> DataOptions:
+    """The dataset-reading part of a run's options."""
+    return DataOptions(
+        kg=config.kg,
+        nameless=config.nameless,
+        script=config.names,
+        min_user=config.min_user,
+        min_item=config.min_item,
+        items=config.items,
+        freebase=config.freebase,
+        linkage=config.linkage,
+        hop=config.hop,
+        cache=config.cache,
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,14 +174,11 @@ class KP4SR:
         check_backbone(config.backbone)
         if dataset is None:
             dataset = load_dataset(
-                config.dataset,
-                config.data_dir,
-                config.kg,
-                seed=config.seed,
-                nameless=config.nameless,
-                script=config.names,
+                config.dataset, config.data_dir, data_options(config), seed=config.seed
             )
-        overrides = load_relation_templates(config.templates) if config.templates else None
+        overrides = dict(dataset.templates)  # templates the dataset ships, under the user's
+        if config.templates:
+            overrides.update(load_relation_templates(config.templates))
         rel_templates = resolve_relation_templates(
             dataset.kg.relations, overrides, config.generic_templates
         )

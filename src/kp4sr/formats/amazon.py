@@ -39,19 +39,23 @@ REQUIRED_KEYS = ("reviewerID", "asin", "unixReviewTime")
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """Yield ``(line number, raw bytes)`` of a plain or gzipped file, one line at a time."""
-    number = 0
     try:
-        with open(path, "rb") as f:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"cannot read the file: {e.strerror or e}", path) from None
+    number = 0
+    with f:
+        try:
             gzipped = f.read(2) == GZIP_MAGIC
             f.seek(0)
             stream = gzip.GzipFile(fileobj=f) if gzipped else f
             for number, raw in enumerate(stream, start=1):
                 yield number, raw
-    except (OSError, EOFError, zlib.error) as e:
-        # gzip.BadGzipFile is an OSError; EOFError is a truncated download
-        raise DataError(
-            f"cannot read the file (corrupt or truncated?): {e}", path, number + 1
-        ) from None
+        except (OSError, EOFError, zlib.error) as e:
+            # gzip.BadGzipFile is an OSError; EOFError is a truncated download
+            raise DataError(
+                f"cannot read the file (corrupt or truncated?): {e}", path, number + 1
+            ) from None
 
 
 def _record(raw: bytes, path: Path, line: int) -> dict[str, Any] | None:
@@ -59,12 +63,14 @@ def _record(raw: bytes, path: Path, line: int) -> dict[str, Any] | None:
     try:
         text = raw.decode("utf-8").lstrip("\ufeff").strip()
     except UnicodeDecodeError as e:
-        raise DataError(f"bytes that are not valid utf-8 text (column {e.start + 1})", path, line)
+        raise DataError(
+            f"bytes that are not valid utf-8 text (byte {e.start + 1} of the line)", path, line
+        ) from None
     if not text:
         return None
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):

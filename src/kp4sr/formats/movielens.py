@@ -75,6 +75,8 @@ def _fast_chunk(chunk: bytes, sep: bytes, kinds: Sequence[str]) -> list[np.ndarr
     if b"\r" in chunk:
         chunk = chunk.replace(b"\r\n", b"\n")
     if sep != b",":
+        if b"," in chunk:
+            return None  # a comma would pass for a separator below
         chunk = chunk.replace(sep, b",")
     if chunk.translate(None, _NUMERIC_BYTES):
         return None  # a byte that is not a digit, '.', '-', separator or newline
