@@ -133,3 +133,15 @@ def _private_dataset_cache(tmp_path_factory):
     mp.setenv("KP4SR_CACHE", str(tmp_path_factory.mktemp("kp4sr-cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny test models run faster on one thread, and two processes of two threads each on a
+    2-core machine slow each other down many times over (OpenMP threads spin while waiting)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

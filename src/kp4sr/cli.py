@@ -191,11 +191,12 @@ def draw_mask(info: dict, path: str) -> None:
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from kp4sr.data import leave_one_out, load_dataset
+    from kp4sr.recommender import Config, data_options
 
-    ds = load_dataset(
-        args.dataset, args.data_dir, args.kg, nameless=args.nameless, script=args.names
-    )
+    cfg = Config(**{k: getattr(args, k) for k in DATA_FIELDS})
+    ds = load_dataset(cfg.dataset, cfg.data_dir, data_options(cfg), seed=cfg.seed)
     stats = dict(ds.stats())
+    stats["linked_share"] = stats["linked_items"] / max(1, stats["items"])
     split = leave_one_out(ds)
     stats.update(
         train_samples=len(split.train), valid_users=len(split.valid), test_users=len(split.test)
