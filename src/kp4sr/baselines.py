@@ -123,7 +123,8 @@ class _SequenceNet(nn.Module):
         self.item = nn.Embedding(n_items + 2, d, padding_idx=0)  # n+1 is BERT4Rec's [mask]
         self.drop = nn.Dropout(cfg.dropout)
         if kind == "gru4rec":
-            self.gru = nn.GRU(d, d, num_layers=cfg.layers, batch_first=True, dropout=cfg.dropout)
+            between = cfg.dropout if cfg.layers > 1 else 0.0  # dropout between GRU layers
+            self.gru = nn.GRU(d, d, num_layers=cfg.layers, batch_first=True, dropout=between)
         else:
             self.pos = nn.Embedding(max_items + 1, d)
             layer = nn.TransformerEncoderLayer(
