@@ -15,7 +15,7 @@ import csv
 import io
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -324,6 +324,59 @@ def _kb4rec_names(path: Path, skipped: dict[str, int]) -> dict[str, str]:
     return names
 
 
+def link_triples(
+    triples: Iterable[tuple[str, str, str]],
+    to_item: dict[str, str],
+    raw_names: dict[str, str],
+    nameless: str,
+    script: str,
+) -> tuple[KnowledgeGraph, dict[str, int]]:
+    """Tie MID triples to the dataset: a linked item's MID becomes its item key, the nameless
+    policy (see :func:`load_kb4rec_kg`) drops or names the other ends, repeats are counted.
+
+    Shared by every Freebase source (KB4Rec folders, triples TSVs, RDF dumps).
+    """
+    resolved: dict[str, str | None] = {}  # MID -> name, None: nameless and to be skipped
+
+    def name_of(mid: str) -> str | None:
+        if mid not in resolved:
+            name = raw_names.get(mid)
+            name = _normalise_name(name) if name else None
+            if name and script == "latin" and not _has_latin_letter(name):
+                name = None
+            if not name and nameless == "id":
+                name = mid
+            resolved[mid] = name or None
+        return resolved[mid]
+
+    kept: list[tuple[str, str, str]] = []
+    seen: set[tuple[str, str, str]] = set()
+    names: dict[str, str | None] = {}
+    dropped = repeated = 0
+    for h, r, t in triples:
+        ends = []
+        for mid in (h, t):
+            key = to_item.get(mid)
+            if key is None:
+                name = name_of(mid)
+                if name is None:
+                    break
+                names[mid] = name
+                key = mid
+            ends.append(key)
+        if len(ends) < 2:
+            dropped += 1
+            continue
+        triple = (ends[0], r, ends[1])
+        if triple in seen:
+            repeated += 1
+            continue
+        seen.add(triple)
+        kept.append(triple)
+    counts = {"triples_with_nameless_entity": dropped, "duplicate_triples": repeated}
+    return KnowledgeGraph.from_triples(kept, names), counts
+
+
 def load_kb4rec_kg(
     folder: Path, items: list[str], nameless: str = "skip", script: str = "any"
 ) -> tuple[KnowledgeGraph, dict[str, int]]:
@@ -356,48 +409,11 @@ def load_kb4rec_kg(
         links = {i: item_key(i) for i in items}
     raw_names = _kb4rec_names(folder / "entity_names.tsv", skipped)
 
-    # entity key -> name, or None for a nameless entity to skip; filled lazily, once per entity
-    resolved: dict[str, str | None] = {}
-
-    def name_of(mid: str) -> str | None:
-        if mid not in resolved:
-            name = raw_names.get(mid)
-            if name is not None and script == "latin" and not _has_latin_letter(name):
-                name = None
-            if name is None and nameless == "id":
-                name = mid
-            resolved[mid] = name
-        return resolved[mid]
-
-    kept: list[tuple[str, str, str]] = []
-    seen: set[tuple[str, str, str]] = set()
-    names: dict[str, str | None] = {}
-    dropped = repeated = 0
-    for _, (h, r, t) in _rows(
+    rows = _rows(
         triples_path, "\t", ("head", "relation", "tail"), header=("head", "relation", "tail")
-    ):
-        ends = []
-        for mid in (h, t):
-            key = links.get(mid)
-            if key is None:
-                name = name_of(mid)
-                if name is None:
-                    break
-                names[mid] = name
-                key = mid
-            ends.append(key)
-        if len(ends) < 2:
-            dropped += 1
-            continue
-        triple = (ends[0], r, ends[1])
-        if triple in seen:
-            repeated += 1
-            continue
-        seen.add(triple)
-        kept.append(triple)
-    skipped["triples_with_nameless_entity"] = dropped
-    skipped["duplicate_triples"] = repeated
-    kg = KnowledgeGraph.from_triples(kept, names)
+    )
+    kg, counts = link_triples((t for _, t in rows), links, raw_names, nameless, script)
+    skipped.update(counts)
     item_keys = set(links.values())
     linked = sum(1 for e in kg.entities if e in item_keys)
     log.info(

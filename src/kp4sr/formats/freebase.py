@@ -25,10 +25,10 @@ from kp4sr.errors import ConfigError, DataError
 from kp4sr.loaders import (
     NAMELESS_CHOICES,
     SCRIPT_CHOICES,
-    _has_latin_letter,
     _normalise_name,
     _report_skips,
     _rows,
+    link_triples,
 )
 
 log = logging.getLogger(__name__)
@@ -403,46 +403,8 @@ def build_kg(
             continue
         to_item[mid] = item_key(iid)
 
-    resolved: dict[str, str | None] = {}
-
-    def name_of(mid: str) -> str | None:
-        if mid not in resolved:
-            name = names.get(mid)
-            name = _normalise_name(name) if name else None
-            if name and script == "latin" and not _has_latin_letter(name):
-                name = None
-            if not name and nameless == "id":
-                name = mid
-            resolved[mid] = name or None
-        return resolved[mid]
-
-    kept: list[tuple[str, str, str]] = []
-    seen: set[tuple[str, str, str]] = set()
-    kg_names: dict[str, str | None] = {}
-    dropped = repeated = 0
-    for h, r, t in triples:
-        ends: list[str] = []
-        for mid in (h, t):
-            key = to_item.get(mid)
-            if key is None:
-                name = name_of(mid)
-                if name is None:
-                    break
-                kg_names[mid] = name
-                key = mid
-            ends.append(key)
-        if len(ends) < 2:
-            dropped += 1
-            continue
-        triple = (ends[0], r, ends[1])
-        if triple in seen:
-            repeated += 1
-            continue
-        seen.add(triple)
-        kept.append(triple)
-    skipped["triples_with_nameless_entity"] = dropped
-    skipped["duplicate_triples"] = repeated
-    kg = KnowledgeGraph.from_triples(kept, kg_names)
+    kg, counts = link_triples(triples, to_item, names, nameless, script)
+    skipped.update(counts)
     item_keys = set(to_item.values())
     log.info(
         "Freebase KG: %d triples, %d entities, %d relations, %d linked items",
