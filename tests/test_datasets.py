@@ -149,3 +149,40 @@ def test_real_ml100k_with_freebase():
     cored = load_dataset("ml-100k", data_dir=root)  # default 5-core
     assert len(cored.users) == 943 and len(cored.items) < 1682
     assert cored.skipped["items_removed_by_k_core"] == 1682 - len(cored.items)
+
+
+def test_freebase_dump_and_linkage_through_load_dataset(tmp_path):
+    """--freebase DUMP.nt.gz --linkage FILE: streamed, tied to items, names from the dump."""
+    import gzip
+
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    rows = ["user\titem\ttimestamp"] + [
+        f"u{u}\t{i}\t{t}" for u in range(4) for t, i in enumerate("abc")
+    ]
+    (folder / "interactions.tsv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "links.txt").write_text("a\tm.0a\nb\tm.0b\nzz\tm.0z\n")
+    ns = "http://rdf.freebase.com/ns/"
+    lines = [
+        f"<{ns}m.0a>\t<{ns}film.film.directed_by>\t<{ns}m.0d>\t.",
+        f"<{ns}m.0b>\t<{ns}film.film.directed_by>\t<{ns}m.0d>\t.",
+        f"<{ns}m.0d>\t<{ns}film.director.film>\t<{ns}m.0a>\t.",
+        f'<{ns}m.0d>\t<{ns}type.object.name>\t"Ada Kern"@en\t.',
+        f'<{ns}m.0d>\t<{ns}type.object.name>\t"エイダ"@ja\t.',
+        f"<{ns}m.0x>\t<{ns}film.film.directed_by>\t<{ns}m.0d>\t.",  # not reachable from items
+    ]
+    dump = tmp_path / "fb.nt.gz"
+    dump.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    opts = DataOptions(
+        min_user=0, min_item=0, freebase=str(dump), linkage=str(tmp_path / "links.txt")
+    )
+    ds = load_dataset(str(folder), options=opts)
+    triples = set(ds.kg.triples())
+    assert ("item:a", "film.film.directed_by", "m.0d") in triples
+    assert ("m.0d", "film.director.film", "item:a") in triples
+    assert not any(h == "m.0x" for h, _, _ in triples)
+    assert ds.kg.names[ds.kg.entities.index("m.0d")] == "Ada Kern"
+    assert ds.skipped.get("links_of_unknown_items") == 1
+    no_link = DataOptions(min_user=0, min_item=0, freebase=str(dump), cache=False)
+    with pytest.raises(ConfigError, match="needs --linkage"):
+        load_dataset(str(folder), options=no_link)
