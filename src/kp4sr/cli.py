@@ -219,6 +219,19 @@ def cmd_data_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from kp4sr.data import load_dataset
+    from kp4sr.export import export_recbole
+    from kp4sr.recommender import Config, data_options
+
+    cfg = Config(**{k: getattr(args, k) for k in DATA_FIELDS})
+    ds = load_dataset(cfg.dataset, cfg.data_dir, data_options(cfg), seed=cfg.seed)
+    files = export_recbole(ds, Path(args.out_dir), args.name)
+    for path in files.values():
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kp4sr", description="Knowledge prompt-tuning for sequential recommendation (KP4SR)"
@@ -262,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--png", help="draw the mask into this PNG file")
     x.add_argument("--device", default=None)
     x.set_defaults(func=cmd_explain)
+
+    ex = sub.add_parser("export", help="write a dataset and its exact split for another tool")
+    ex.add_argument("out_dir")
+    ex.add_argument("--format", choices=("recbole",), default="recbole")
+    ex.add_argument("--name", default=None, help="file name stem (default: the dataset's name)")
+    _add_config_options(ex, DATA_FIELDS)
+    ex.set_defaults(func=cmd_export)
 
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
