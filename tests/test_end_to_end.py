@@ -227,3 +227,42 @@ def test_backbone_from_a_local_checkpoint_folder(tmp_path, small_toy):
 
     with pytest.raises(ConfigError, match="neither a size preset"):
         KP4SR.create(Config(backbone=str(tmp_path / "nope")), dataset=small_toy)
+
+
+def test_beam_agrees_with_exact_full_ranking_when_wide_enough(trained):
+    rec, _, _ = trained
+    n = len(rec.dataset.items)
+    rec.config.beams = n  # every item fits in the beam
+    try:
+        beam = rec.evaluate("test", mode="beam")
+        full = rec.evaluate("test", mode="full")
+    finally:
+        rec.config.beams = SMALL["beams"]
+    for key in ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR"):
+        assert beam[key] == pytest.approx(full[key], abs=1e-9), key
+    s = rec.split.test[:6]
+    ranked = rec.rank([x.user for x in s], [x.history for x in s], beams=n)
+    prompts = [rec.prompt(x) for x in s]
+    from kp4sr.decoding import full_scores
+    from kp4sr.prompts import collate
+
+    batch = collate(prompts, rec.tokenizer.pad_token_id)
+    sc = full_scores(rec.model, batch, rec.codes, rec.tokenizer.eos_token_id, True)
+    np.testing.assert_allclose(ranked.scores, -np.sort(-sc, axis=1), rtol=1e-4, atol=1e-4)
+
+
+def test_unconstrained_beam_reports_invalid_ids(small_toy):
+    from kp4sr.decoding import INVALID
+
+    rec = KP4SR.create(Config(**{**SMALL, "item_tokens": "digits"}), dataset=small_toy)
+    res = rec.evaluate("valid", mode="unconstrained")
+    assert 0.0 < res["invalid_share"] <= 1.0  # an untrained model writes many non-IDs
+    s = rec.split.valid[:5]
+    free = rec.rank([x.user for x in s], [x.history for x in s], constrained=False)
+    assert (free.items == INVALID).any()
+    fixed = rec.rank([x.user for x in s], [x.history for x in s])
+    assert (fixed.items >= 0).all()
+    from kp4sr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown evaluation mode"):
+        rec.evaluate("valid", mode="greedy")

@@ -40,7 +40,13 @@ def test_metrics_hand_computed():
         (1 + 1 / math.log2(3) + 1 / math.log2(6) + 1 / math.log2(11)) / 6
     )
     assert m["MRR"] == pytest.approx((1 + 1 / 2 + 1 / 5 + 1 / 10 + 0 + 1 / 13) / 6)
-    assert set(m) == {"HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR", "users"}
+    # RANKS are 0, 1, 4, 9, -1, 12: rank 12 is a hit at 20 only
+    assert m["HR@20"] == pytest.approx(5 / 6)
+    assert m["NDCG@20"] == pytest.approx(
+        (1 + 1 / math.log2(3) + 1 / math.log2(6) + 1 / math.log2(11) + 1 / math.log2(14)) / 6
+    )
+    keys = {"HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR", "users"}
+    assert set(m) == keys
 
 
 def test_metrics_boundaries_and_cutoffs():

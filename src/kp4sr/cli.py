@@ -115,7 +115,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         rec.config.beams = args.beams
     if args.keep_seen:
         rec.config.exclude_seen = False
-    result = rec.evaluate(args.split, max_users=args.max_users, progress=not args.json)
+    result = rec.evaluate(
+        args.split, max_users=args.max_users, progress=not args.json, mode=args.mode
+    )
     if args.json:
         print(json.dumps(result))
     else:
@@ -253,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--beams", type=int, default=None, help="beam size (default: the run's)")
     e.add_argument("--keep-seen", action="store_true", help="keep users' earlier items")
     e.add_argument("--max-users", type=int, default=None, help="evaluate the first N users only")
+    e.add_argument(
+        "--mode",
+        choices=("beam", "full", "unconstrained"),
+        default="beam",
+        help="beam: constrained beam search (default); full: exact ranking of every item; "
+        "unconstrained: plain beam search, reports invalid_share",
+    )
     e.add_argument("--device", default=None)
     e.set_defaults(func=cmd_evaluate)
 

@@ -65,9 +65,14 @@ class ItemTrie:
         return self.children[node][token]
 
 
+INVALID = -2  # a generated ID that is no item (unconstrained beam search only)
+MISSING = -1  # fewer candidates than beams
+
+
 @dataclass
 class Ranked:
-    """Top items per user, best first, with their log-probabilities; -1 pads short lists."""
+    """Top items per user, best first, with their log-probabilities; ``MISSING`` (-1) pads short
+    lists and ``INVALID`` (-2) marks a generated ID that is no item (unconstrained search)."""
 
     items: np.ndarray  # int64 [B, K]
     scores: np.ndarray  # float32 [B, K]
@@ -82,8 +87,14 @@ def beam_search(
     tree_mask: bool,
     pad_id: int,
     banned: list[set[int]] | None = None,
+    constrained: bool = True,
 ) -> Ranked:
-    """Constrained beam search for a batch of users; ``banned[b]`` items are never returned."""
+    """Constrained beam search for a batch of users; ``banned[b]`` items are never returned.
+
+    ``constrained=False`` is plain beam search over the whole vocabulary, as in the paper's code:
+    a generated sequence that is no item's ID is returned as item -1 (``INVALID``), so callers
+    can report how many generated IDs are invalid instead of dropping them silently.
+    """
     model.eval()
     enc = encode(model, batch, tree_mask).last_hidden_state  # [B, L, d]
     b, k = enc.shape[0], beams
@@ -102,12 +113,16 @@ def beam_search(
         )
         logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [B*K, V]
         vocab = logp.shape[-1]
-        masked = torch.full_like(logp, float("-inf"))
-        rows, cols = _allowed(trie, nodes, done, k, dead)
-        r = torch.from_numpy(rows).to(device)
-        c = torch.from_numpy(cols).to(device)
-        masked[r, c] = logp[r, c]
+        if constrained:
+            masked = torch.full_like(logp, float("-inf"))
+            rows, cols = _allowed(trie, nodes, done, k, dead)
+            r = torch.from_numpy(rows).to(device)
+            c = torch.from_numpy(cols).to(device)
+            masked[r, c] = logp[r, c]
+        else:
+            masked = logp.clone()
         fin = torch.from_numpy(done).to(device)
+        masked[fin] = float("-inf")
         masked[fin, pad_id] = 0.0  # a finished beam carries its score unchanged
         cand = (scores.reshape(b * k, 1) + masked).reshape(b, k * vocab)
         scores, flat = cand.topk(k, dim=-1)  # [B, K]
@@ -119,14 +134,62 @@ def beam_search(
         nodes = nodes[src_np].copy()
         live = ~prev_done & np.isfinite(scores.reshape(-1).cpu().numpy())
         for i in np.flatnonzero(live):
-            nodes[i] = trie.step(int(nodes[i]), int(tok_np[i]))
+            node = int(nodes[i])  # -1: the prefix already left the trie (unconstrained only)
+            nodes[i] = trie.children[node].get(int(tok_np[i]), -1) if node >= 0 else -1
         done = prev_done | (tok_np == trie.eos_id) | ~live
         if done.all():
             break
-    items = np.array([trie.item_of.get(int(n), -1) for n in nodes], dtype=np.int64)
+    items = np.array([trie.item_of.get(int(n), INVALID) for n in nodes], dtype=np.int64)
     sc = scores.reshape(-1).cpu().numpy().astype(np.float32)
-    items[~np.isfinite(sc)] = -1
+    items[~np.isfinite(sc)] = MISSING
     return Ranked(items.reshape(b, k), sc.reshape(b, k))
+
+
+@torch.no_grad()
+def full_scores(
+    model: T5ForConditionalGeneration,
+    batch: Batch,
+    codes: ItemCodes,
+    eos_id: int,
+    tree_mask: bool,
+    item_chunk: int = 1024,
+) -> np.ndarray:
+    """Exact log-probability of every item for every user: [B, n_items].
+
+    Teacher forcing of each item's ID tokens + </s> under the decoder, the encoder run once per
+    user and reused for every chunk of items. The same scores beam search sums, so its top-k
+    equals this ranking's top-k whenever the beam is wide enough.
+    """
+    model.eval()
+    enc = encode(model, batch, tree_mask).last_hidden_state  # [B, L, d]
+    att = padding_mask(batch)  # [B, L]
+    n, width = codes.codes.shape
+    labels = np.full((n, width + 1), -100, dtype=np.int64)
+    cols = np.arange(width + 1)[None, :]
+    labels[:, :width] = np.where(cols[:, :width] < codes.lengths[:, None], codes.codes, -100)
+    labels[np.arange(n), codes.lengths] = eos_id
+    start = model.config.decoder_start_token_id
+    pad = model.config.pad_token_id
+    dec_in = np.concatenate(
+        [np.full((n, 1), start), np.where(labels[:, :-1] < 0, pad, labels[:, :-1])], 1
+    )
+    labels_t = torch.from_numpy(labels).to(enc.device)
+    dec_t = torch.from_numpy(dec_in).to(enc.device)
+    out = np.empty((enc.shape[0], n), dtype=np.float32)
+    for u in range(enc.shape[0]):
+        for s in range(0, n, item_chunk):
+            lab, dec = labels_t[s : s + item_chunk], dec_t[s : s + item_chunk]
+            c = lab.shape[0]
+            logits = model(
+                encoder_outputs=(enc[u : u + 1].expand(c, -1, -1),),
+                attention_mask=att[u : u + 1].expand(c, -1),
+                decoder_input_ids=dec,
+                return_dict=True,
+            ).logits  # [c, T, V]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            tok = logp.gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [c, T]
+            out[u, s : s + c] = (tok * (lab >= 0)).sum(-1).cpu().numpy()
+    return out
 
 
 def _allowed(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-CUTOFFS = (5, 10)
+CUTOFFS = (5, 10, 20)
 
 
 def target_ranks(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from kp4sr.data import (
     load_saved_dataset,
     save_dataset,
 )
-from kp4sr.decoding import ItemTrie, Ranked, beam_search
+from kp4sr.decoding import INVALID, MISSING, ItemTrie, Ranked, beam_search, full_scores
 from kp4sr.errors import ConfigError, DataError
 from kp4sr.evaluation import metrics, target_ranks
 from kp4sr.model import build_model, check_backbone, is_preset
@@ -297,8 +297,10 @@ class KP4SR:
         beams: int | None = None,
         batch_size: int | None = None,
         progress: bool = False,
+        constrained: bool = True,
     ) -> Ranked:
-        """Top-``beams`` items per history by constrained beam search, best first."""
+        """Top-``beams`` items per history by constrained beam search, best first
+        (``constrained=False``: plain beam search, invalid IDs marked ``INVALID``)."""
         beams = beams or self.config.beams
         bs = batch_size or self.config.eval_batch_size
         out_items, out_scores = [], []
@@ -321,7 +323,8 @@ class KP4SR:
                 beams,
                 self.config.tree_mask,
                 pad,
-                None if seen is None else seen[s : s + bs],
+                None if seen is None or not constrained else seen[s : s + bs],
+                constrained=constrained,
             )
             out_items.append(r.items)
             out_scores.append(r.scores)
@@ -332,19 +335,68 @@ class KP4SR:
     def seen_items(self, sample: Sample) -> set[int]:
         return set(self.dataset.sequences[sample.user][: sample.position].tolist())
 
+    def full_ranks(self, samples: list[Sample], progress: bool = False) -> np.ndarray:
+        """Exact 0-based rank of each target among all items (seen items excluded by the
+        config), from every item's log-probability under the decoder."""
+        bs = self.config.eval_batch_size
+        pad = self.tokenizer.pad_token_id
+        ranks = np.empty(len(samples), dtype=np.int64)
+        starts = range(0, len(samples), bs)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="full ranking", unit="batch", leave=False)
+        for s in starts:
+            chunk = samples[s : s + bs]
+            prompts = [self.prompt(x) for x in chunk]
+            batch = collate(prompts, pad).to(self.device)
+            sc = full_scores(
+                self.model, batch, self.codes, self.tokenizer.eos_token_id, self.config.tree_mask
+            )
+            for row, x in enumerate(chunk):
+                if self.config.exclude_seen:
+                    sc[row, list(self.seen_items(x))] = -np.inf
+                ranks[s + row] = int((sc[row] > sc[row, x.target]).sum())
+        return ranks
+
     def evaluate(
-        self, split: str = "test", max_users: int | None = None, progress: bool = False
+        self,
+        split: str = "test",
+        max_users: int | None = None,
+        progress: bool = False,
+        mode: str = "beam",
     ) -> dict[str, float]:
-        """HR@5/10, NDCG@5/10 and MRR over all users of ``split`` (``valid`` or ``test``)."""
+        """HR@k, NDCG@k (k = 5, 10, 20) and MRR over all users of ``split`` (valid or test).
+
+        ``mode``: ``beam`` (constrained beam search, the default), ``full`` (exact ranking of
+        every item, MRR over the full list) or ``unconstrained`` (plain beam search as in the
+        paper's code; adds ``invalid_share``, the share of generated IDs that are no item).
+        """
         if split not in ("valid", "test"):
             raise ConfigError(f"evaluate on valid or test, not {split!r}")
+        if mode not in ("beam", "full", "unconstrained"):
+            raise ConfigError(f"unknown evaluation mode {mode!r}: beam, full or unconstrained")
         samples = self.split[split][:max_users]
+        targets = np.array([s.target for s in samples], dtype=np.int64)
+        if mode == "full":
+            return metrics(self.full_ranks(samples, progress))
         seen = [self.seen_items(s) for s in samples] if self.config.exclude_seen else None
         ranked = self.rank(
-            [s.user for s in samples], [s.history for s in samples], seen, progress=progress
+            [s.user for s in samples],
+            [s.history for s in samples],
+            seen,
+            progress=progress,
+            constrained=mode == "beam",
         )
-        ranks = target_ranks(ranked.items, np.array([s.target for s in samples], dtype=np.int64))
-        return metrics(ranks)
+        items = ranked.items
+        out: dict[str, float] = {}
+        if mode == "unconstrained":
+            out["invalid_share"] = float((items == INVALID).mean()) if items.size else 0.0
+            if seen is not None:  # beams cannot ban seen items here: drop them afterwards
+                k = items.shape[1]
+                kept = [[i for i in row if i not in sn] for row, sn in zip(items.tolist(), seen)]
+                items = np.array([r + [MISSING] * (k - len(r)) for r in kept], dtype=np.int64)
+        return {**metrics(target_ranks(items, targets)), **out}
 
     def recommend(
         self,
