@@ -234,6 +234,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from kp4sr.benchmark import FULL, MODELS, run_benchmark, summary_table
+    from kp4sr.data import load_dataset
+    from kp4sr.recommender import Config, data_options
+
+    cfg = Config(**{k: getattr(args, k) for k in DATA_FIELDS}, **FULL)
+    ds = load_dataset(cfg.dataset, cfg.data_dir, data_options(cfg), seed=cfg.seed)
+    models = tuple(args.models.split(",")) if args.models else MODELS
+    rows = run_benchmark(ds, cfg, Path(args.out), args.seeds, args.quick, models, not args.quiet)
+    print(summary_table(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kp4sr", description="Knowledge prompt-tuning for sequential recommendation (KP4SR)"
@@ -284,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--png", help="draw the mask into this PNG file")
     x.add_argument("--device", default=None)
     x.set_defaults(func=cmd_explain)
+
+    b = sub.add_parser("benchmark", help="train and compare KP4SR, its ablations and baselines")
+    b.add_argument("--out", required=True, help="folder for results.json, results.md, results.png")
+    b.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per model (default 1)")
+    b.add_argument("--quick", action="store_true", help="a smoke run: a minute or two on toy")
+    b.add_argument("--models", default=None, help="comma-separated subset (default: all)")
+    b.add_argument("-q", "--quiet", action="store_true")
+    _add_config_options(b, DATA_FIELDS)
+    b.set_defaults(func=cmd_benchmark)
 
     ex = sub.add_parser("export", help="write a dataset and its exact split for another tool")
     ex.add_argument("out_dir")

@@ -1,0 +1,145 @@
+"""``kp4sr benchmark``: every model on one dataset, same split, same metrics, several seeds.
+
+Rows: ``pop``, ``gru4rec``, ``sasrec``, ``bert4rec`` (see :mod:`kp4sr.baselines`),
+``kp4sr-no-knowledge`` (MPP only, the P5-style model), ``kp4sr-no-tree-mask`` and ``kp4sr``.
+Writes ``OUT/results.json`` (one object per model and seed: ``model``, ``seed``, the test metrics
+with the keys of ``kp4sr evaluate --json``, ``train_seconds`` and the validation metrics),
+``OUT/results.md`` (mean ± std over seeds) and ``OUT/results.png`` (a bar chart).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kp4sr.baselines import BASELINES, BaselineConfig, run_baseline
+from kp4sr.data import Dataset, leave_one_out
+from kp4sr.errors import ConfigError
+from kp4sr.recommender import KP4SR, Config
+
+KP4SR_VARIANTS = {
+    "kp4sr-no-knowledge": {"knowledge": False},
+    "kp4sr-no-tree-mask": {"tree_mask": False},
+    "kp4sr": {},
+}
+MODELS = (*BASELINES, *KP4SR_VARIANTS)
+SHOWN = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR")
+
+# what a 2-core CPU affords: ``quick`` for a smoke run on toy, the other for ML-100k-sized data
+QUICK = {"epochs": 1, "samples_per_epoch": 512, "max_length": 64, "degree": 2}
+FULL = {"epochs": 4, "samples_per_epoch": 30000, "max_length": 128, "degree": 3}
+
+
+def run_benchmark(
+    dataset: Dataset,
+    base: Config,
+    out: Path,
+    seeds: int = 1,
+    quick: bool = False,
+    models: tuple[str, ...] = MODELS,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train and evaluate every model for every seed; write and return the result rows."""
+    unknown = set(models) - set(MODELS)
+    if unknown:
+        raise ConfigError(f"unknown model(s) {', '.join(sorted(unknown))}: expected {MODELS}")
+    out.mkdir(parents=True, exist_ok=True)
+    split = leave_one_out(dataset, base.max_items)
+    rows: list[dict[str, Any]] = []
+    for seed in range(seeds):
+        for name in models:
+            if name in BASELINES:
+                cfg = BaselineConfig(seed=seed, epochs=3 if quick else 30)
+                res = run_baseline(name, dataset, split, base.max_items, cfg)
+                row = {"model": name, "seed": seed, **res["test"]}
+                row.update(train_seconds=res["train_seconds"], valid=res["valid"])
+            else:
+                cfg = replace(base, seed=seed, **(QUICK if quick else {}), **KP4SR_VARIANTS[name])
+                rec = KP4SR.create(cfg, dataset=dataset)
+                t0 = time.perf_counter()
+                res = _fit(rec, out / f"{name}-seed{seed}", progress)
+                row = {"model": name, "seed": seed, **res["test"]}
+                row.update(train_seconds=round(time.perf_counter() - t0, 2), valid=res["valid"])
+            rows.append(row)
+            if progress:
+                print(f"{name} seed {seed}: test NDCG@10 {row['NDCG@10']:.4f}", flush=True)
+            (out / "results.json").write_text(json.dumps(rows, indent=2))
+    (out / "results.md").write_text(summary_markdown(rows, dataset.name))
+    _bar_chart(rows, out / "results.png")
+    return rows
+
+
+def _fit(rec: KP4SR, folder: Path, progress: bool) -> dict[str, Any]:
+    from kp4sr.training import fit
+
+    return fit(rec, folder, progress=progress)
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: mean ± std over seeds per model, in the order models first appear."""
+    order = list(dict.fromkeys(r["model"] for r in rows))
+    lines = [
+        "| model | seeds | " + " | ".join(SHOWN) + " | train s |",
+        "|---" * (len(SHOWN) + 3) + "|",
+    ]
+    for m in order:
+        rs = [r for r in rows if r["model"] == m]
+        cells = []
+        for k in (*SHOWN, "train_seconds"):
+            v = np.array([r[k] for r in rs], dtype=float)
+            fmt = "{:.1f}" if k == "train_seconds" else "{:.4f}"
+            cell = fmt.format(v.mean())
+            if len(v) > 1:
+                cell += " ± " + fmt.format(v.std(ddof=1))
+            cells.append(cell)
+        lines.append(f"| {m} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(rows: list[dict[str, Any]], dataset: str) -> str:
+    return "\n".join(
+        [
+            f"# Benchmark on {dataset} (test split, leave-one-out, mean ± std over seeds)",
+            "",
+            summary_table(rows),
+            "",
+            f"Machine: {platform.machine()} {platform.processor() or ''}, Python "
+            f"{platform.python_version()}",
+            "",
+        ]
+    )
+
+
+def _bar_chart(rows: list[dict[str, Any]], path: Path) -> None:
+    """NDCG@10 and HR@10 per model (mean over seeds, std as error bars)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the chart is optional; the table and JSON are the results
+        return
+    order = list(dict.fromkeys(r["model"] for r in rows))
+    fig, ax = plt.subplots(figsize=(8, 3.5), dpi=120)
+    x = np.arange(len(order))
+    for j, key in enumerate(("NDCG@10", "HR@10")):
+        vals = [np.array([r[key] for r in rows if r["model"] == m]) for m in order]
+        ax.bar(
+            x + (j - 0.5) * 0.38,
+            [v.mean() for v in vals],
+            0.38,
+            label=key,
+            yerr=[v.std() for v in vals],
+        )
+    ax.set_xticks(x, order, rotation=20, ha="right")
+    ax.legend()
+    ax.set_title("test metrics")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
