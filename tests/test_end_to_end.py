@@ -266,3 +266,17 @@ def test_unconstrained_beam_reports_invalid_ids(small_toy):
 
     with pytest.raises(ConfigError, match="unknown evaluation mode"):
         rec.evaluate("valid", mode="greedy")
+
+
+def test_same_seed_same_weights_whatever_the_worker_count(tmp_path, small_toy):
+    """Every random choice is seeded by (seed, epoch, batch): runs repeat, with or without
+    DataLoader worker processes."""
+    cfg = {**SMALL, "epochs": 1, "samples_per_epoch": 96}
+    states = []
+    for k, workers in enumerate((0, 0, 2)):
+        rec = KP4SR.create(Config(**cfg, workers=workers), dataset=small_toy)
+        fit(rec, tmp_path / f"run{k}", progress=False)
+        states.append(rec.model.state_dict())
+    for other in states[1:]:
+        for name, value in states[0].items():
+            assert torch.equal(value, other[name]), name

@@ -9,12 +9,13 @@ paper's design) or as one new token per item (``single``: the next-item step is 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from kp4sr.errors import ConfigError
@@ -56,26 +57,33 @@ def item_texts(numbers: np.ndarray, scheme: str) -> list[str]:
 def train_tokenizer(
     corpus: Iterable[str], extra_tokens: list[str], vocab_size: int = 8000
 ) -> PreTrainedTokenizerFast:
-    """A WordPiece tokenizer trained on the dataset's own prompt text.
+    """A WordPiece tokenizer built from the dataset's own prompt text, deterministically.
 
     Digits are split one per token, so a numeric item ID always becomes the same short sequence
     of digit tokens whatever the text around it; ``extra_tokens`` (one per item in the ``single``
     scheme) are whole tokens that are never split.
     """
-    tok = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100))
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
+    normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
     )
-    tok.decoder = decoders.WordPiece()
+    # Built here rather than by tokenizers' WordPiece trainer, whose result changes from run to
+    # run (hash-map order and merge ties): every character (alone and as a word continuation)
+    # so that any word can be spelled, then whole words by frequency, ties by spelling.
+    counts: Counter[str] = Counter()
+    for text in corpus:
+        counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
     specials = [PAD, EOS, UNK, MASK]
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=list("0123456789"),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
+    chars = sorted({c for w in counts for c in w} | set("0123456789"))
+    base = [*specials, *chars, *("##" + c for c in chars)]
+    known = set(base)
+    words = sorted((w for w in counts if w not in known), key=lambda w: (-counts[w], w))
+    words = words[: max(0, vocab_size - len(base))]
+    vocab = {t: i for i, t in enumerate([*base, *words])}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK, max_input_chars_per_word=100))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.WordPiece()
     if extra_tokens:
         tok.add_special_tokens(extra_tokens)
     return PreTrainedTokenizerFast(

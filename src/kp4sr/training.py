@@ -93,6 +93,8 @@ def fit(rec: KP4SR, out: str | Path, progress: bool = True) -> dict[str, Any]:
             num_workers=cfg.workers,
             persistent_workers=False,
             pin_memory=device.type == "cuda",
+            # worker seeds come from this generator, not from the global RNG that dropout uses
+            generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
         )
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
         run_loss = torch.zeros((), device=device)
