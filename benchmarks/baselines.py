@@ -17,11 +17,9 @@ import sys
 from pathlib import Path
 
 from kp4sr.baselines import BASELINES, BaselineConfig, run_baseline
+from kp4sr.benchmark import write_report
 from kp4sr.data import DataOptions, leave_one_out, load_dataset
 from kp4sr.evaluation import format_table
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ml100k import machine  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,18 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         rows[name]["best epoch"] = res["best_epoch"]
         (out / "results.json").write_text(json.dumps(results, indent=2))
     keys = ("HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR", "users", "train s", "best epoch")
-    md = [
-        f"# Baselines on {ds.name} (test split, leave-one-out, full ranking, seen items excluded)",
-        "",
-        format_table(rows, keys),
-        "",
-        f"Machine: {machine()}",
-        "",
-        "Command: `python " + " ".join(sys.argv) + "`",
-        "",
-    ]
-    (out / "results.md").write_text("\n".join(md))
-    print("\n".join(md))
+    command = "python " + " ".join(sys.argv)
+    print(
+        write_report(
+            out,
+            f"Baselines on {ds.name} (test split, full ranking, seen items excluded)",
+            format_table(rows, keys),
+            command,
+        )
+    )
     return 0
 
 

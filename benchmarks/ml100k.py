@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
-
+from kp4sr.benchmark import write_report
 from kp4sr.data import default_data_dir
 from kp4sr.evaluation import format_table
 from kp4sr.recommender import KP4SR, Config
@@ -32,23 +30,6 @@ VARIANTS = {
     "no-tree-mask": {"tree_mask": False},
     "no-knowledge": {"knowledge": False},
 }
-
-
-def machine() -> str:
-    """The machine the numbers came from, in one line."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{cpu}, {torch.get_num_threads()} threads, {dev}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--min-user", type=int, default=0, help="k-core (default 0: all users)")
-    p.add_argument("--min-item", type=int, default=0, help="k-core (default 0: all items)")
     p.add_argument("--min-user", type=int, default=0, help="k-core (default 0: no filtering)")
     p.add_argument("--min-item", type=int, default=0, help="k-core (default 0: no filtering)")
     p.add_argument("--quick", action="store_true", help="first 200 validation users only")
@@ -116,18 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         rows[name]["best epoch"] = res["best_epoch"]
         (out / "results.json").write_text(json.dumps(results, indent=2))
     keys = ("HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR", "users", "train s", "best epoch")
-    md = [
-        "# KP4SR on ML-100k + Freebase (test split, leave-one-out)",
-        "",
-        format_table(rows, keys),
-        "",
-        f"Machine: {machine()}",
-        "",
-        "Command: `python " + " ".join(sys.argv) + "`",
-        "",
-    ]
-    (out / "results.md").write_text("\n".join(md))
-    print("\n".join(md))
+    command = "python " + " ".join(sys.argv)
+    print(
+        write_report(
+            out,
+            "KP4SR on ML-100k + Freebase (test split, leave-one-out)",
+            format_table(rows, keys),
+            command,
+        )
+    )
     return 0
 
 

@@ -36,3 +36,20 @@ def test_summary_table_mean_and_std():
     ]
     table = summary_table(rows)
     assert "| a | 2 | 0.2000 ± 0.1414 |" in table
+
+
+def test_benchmark_scripts_run(tmp_path):
+    """Regression: a duplicated option once made benchmarks/ml100k.py fail before it started."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    for script in ("ml100k.py", "baselines.py"):
+        done = subprocess.run([sys.executable, str(root / script), "--help"], capture_output=True)
+        assert done.returncode == 0, done.stderr.decode()
+    out = tmp_path / "bl"
+    args = [sys.executable, str(root / "baselines.py"), "--dataset", "toy", "--models", "pop"]
+    done = subprocess.run([*args, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "| pop |" in (out / "results.md").read_text() and "Machine:" in done.stdout

@@ -102,6 +102,34 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def machine() -> str:
+    """The machine numbers came from, in one line (CPU model, threads, GPU, versions)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{cpu}, {torch.get_num_threads()} threads, {dev}; Python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
+
+
+def write_report(out: Path, title: str, table: str, command: str) -> str:
+    """``OUT/results.md``: title, table, machine and the command that made it; returns the text."""
+    text = "\n".join(
+        [f"# {title}", "", table, "", f"Machine: {machine()}", "", f"Command: `{command}`", ""]
+    )
+    (out / "results.md").write_text(text)
+    return text
+
+
 def summary_markdown(rows: list[dict[str, Any]], dataset: str) -> str:
     return "\n".join(
         [
@@ -109,8 +137,7 @@ def summary_markdown(rows: list[dict[str, Any]], dataset: str) -> str:
             "",
             summary_table(rows),
             "",
-            f"Machine: {platform.machine()} {platform.processor() or ''}, Python "
-            f"{platform.python_version()}",
+            f"Machine: {machine()}",
             "",
         ]
     )

@@ -99,12 +99,6 @@ class KnowledgeGraph:
         names.update({k: v for k, v in self.name_map().items() if v is not None})
         return KnowledgeGraph.from_triples(list(self.triples()) + list(other.triples()), names)
 
-    def keep_relations(self, keep: Iterable[str]) -> KnowledgeGraph:
-        """The subgraph of the named relations (for relation ablations)."""
-        keep = set(keep)
-        names = self.name_map()
-        return KnowledgeGraph.from_triples([t for t in self.triples() if t[1] in keep], names)
-
 
 @dataclass
 class Dataset:
