@@ -14,12 +14,14 @@ command). Needs the real files: ``$KP4SR_DATA`` or ``../shared/datasets`` (with 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from kp4sr.benchmark import write_report
+from kp4sr.benchmark import machine, write_report
 from kp4sr.data import default_data_dir
 from kp4sr.evaluation import format_table
 from kp4sr.recommender import KP4SR, Config
@@ -30,6 +32,29 @@ VARIANTS = {
     "no-tree-mask": {"tree_mask": False},
     "no-knowledge": {"knowledge": False},
 }
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to Config fields, each value parsed as the field's type."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE with KEY a Config option")
+        default = fields[key].default
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"--set {pair!r}: expected true or false")
+            out[key] = raw.lower() in ("true", "1")
+        elif isinstance(default, int):
+            out[key] = int(raw)
+        elif isinstance(default, float):
+            out[key] = float(raw)
+        else:
+            out[key] = None if raw.lower() == "none" else raw
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-user", type=int, default=0, help="k-core (default 0: no filtering)")
     p.add_argument("--min-item", type=int, default=0, help="k-core (default 0: no filtering)")
     p.add_argument("--quick", action="store_true", help="first 200 validation users only")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other Config option, e.g. --set max_items=20 --set tie_embeddings=true",
+    )
     args = p.parse_args(argv)
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        p.error(str(e))
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     if data_dir is None or not (data_dir / "ml-100k" / "u.data").is_file():
@@ -81,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             patience=args.patience,
             min_user=args.min_user,
             min_item=args.min_item,
-            **VARIANTS[name],
+            **{**overrides, **VARIANTS[name]},
         )
         t0 = time.perf_counter()
         rec = KP4SR.create(cfg)
@@ -89,12 +125,14 @@ def main(argv: list[str] | None = None) -> int:
             rec.split.valid[:] = rec.split.valid[:200]
         res = fit(rec, out / name, progress=True)
         res["wall_seconds"] = round(time.perf_counter() - t0, 1)
-        res.update(model=name, config=cfg.__dict__)
+        res.update(model=name, config=cfg.__dict__, machine=machine())
         results.append(res)
         rows[name] = {**res["test"], "train s": res["train_seconds"]}
         rows[name]["best epoch"] = res["best_epoch"]
+        rows[name]["valid NDCG@10"] = res["valid"]["NDCG@10"]
         (out / "results.json").write_text(json.dumps(results, indent=2))
-    keys = ("HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR", "users", "train s", "best epoch")
+    keys = ("valid NDCG@10", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR", "users", "train s")
+    keys += ("best epoch",)
     command = "python " + " ".join(sys.argv)
     print(
         write_report(

@@ -53,3 +53,71 @@ def test_benchmark_scripts_run(tmp_path):
     done = subprocess.run([*args, "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "| pop |" in (out / "results.md").read_text() and "Machine:" in done.stdout
+
+
+def _load_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / name
+    spec = importlib.util.spec_from_file_location(name[:-3], path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ml100k_set_parses_config_types():
+    parse = _load_script("ml100k.py").parse_overrides
+    got = parse(["max_items=20", "tie_embeddings=true", "lr=3e-3", "kg=freebase", "device=cuda"])
+    assert got == {
+        "max_items": 20,
+        "tie_embeddings": True,
+        "lr": 0.003,
+        "kg": "freebase",
+        "device": "cuda",
+    }
+    import pytest
+
+    for bad in ("nonsense=1", "max_items", "tie_embeddings=maybe"):
+        with pytest.raises(ValueError, match="--set"):
+            parse([bad])
+
+
+def test_merge_results_from_two_machines(tmp_path):
+    merge = _load_script("merge_results.py")
+    keys = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR")
+    bench = [
+        {
+            "model": "sasrec",
+            "seed": s,
+            "train_seconds": 5.0,
+            "machine": "cpu box",
+            **dict.fromkeys(keys, 0.1),
+        }
+        for s in (0, 1)
+    ]
+    (tmp_path / "a.json").write_text(json.dumps(bench))
+    run = tmp_path / "runs" / "no-knowledge-seed1"
+    run.mkdir(parents=True)
+    res = {
+        "model": "no-knowledge",
+        "config": {"seed": 1},
+        "test": dict.fromkeys(keys, 0.2),
+        "valid": {"NDCG@10": 0.3},
+        "train_seconds": 9.0,
+        "best_epoch": 2,
+        "machine": "gpu box",
+    }
+    (run / "results.json").write_text(json.dumps([res]))
+    out = tmp_path / "merged"
+    args = ["--inputs", str(tmp_path / "a.json"), "--ml100k-runs", str(tmp_path / "runs")]
+    assert merge.main([*args, "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["model"], r["seed"]) for r in rows] == [
+        ("sasrec", 0),
+        ("sasrec", 1),
+        ("kp4sr-no-knowledge", 1),
+    ]
+    md = (out / "results.md").read_text()
+    assert "- sasrec: cpu box" in md and "- kp4sr-no-knowledge: gpu box" in md
+    assert "| kp4sr-no-knowledge | 1 | 0.2000 |" in md

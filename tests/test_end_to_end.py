@@ -280,3 +280,17 @@ def test_same_seed_same_weights_whatever_the_worker_count(tmp_path, small_toy):
     for other in states[1:]:
         for name, value in states[0].items():
             assert torch.equal(value, other[name]), name
+
+
+def test_time_budget_stops_after_the_epoch_that_passes_it(tmp_path, small_toy):
+    """``max_minutes``: a run with a tiny budget stops after its first epoch, validated, with
+    its results written; without a budget the same run trains every epoch."""
+    cfg = {**SMALL, "epochs": 3, "samples_per_epoch": 32}
+    rec = KP4SR.create(Config(**cfg, max_minutes=1e-6), dataset=small_toy)
+    res = fit(rec, tmp_path / "budget", progress=False)
+    lines = (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1]
+    assert res["best_epoch"] == 1 and "valid" in json.loads(lines[0])
+    rec = KP4SR.create(Config(**cfg), dataset=small_toy)
+    fit(rec, tmp_path / "all", progress=False)
+    assert len((tmp_path / "all" / "metrics.jsonl").read_text().splitlines()) == 3

@@ -52,7 +52,7 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     split = leave_one_out(dataset, base.max_items)
     rows: list[dict[str, Any]] = []
-    for seed in range(seeds):
+    for seed in range(base.seed, base.seed + seeds):  # --seed S --seeds N: S..S+N-1
         for name in models:
             if name in BASELINES:
                 cfg = BaselineConfig(seed=seed, epochs=3 if quick else 30)
@@ -66,12 +66,13 @@ def run_benchmark(
                 res = _fit(rec, out / f"{name}-seed{seed}", progress)
                 row = {"model": name, "seed": seed, **res["test"]}
                 row.update(train_seconds=round(time.perf_counter() - t0, 2), valid=res["valid"])
+            row["machine"] = machine()
             rows.append(row)
             if progress:
                 print(f"{name} seed {seed}: test NDCG@10 {row['NDCG@10']:.4f}", flush=True)
             (out / "results.json").write_text(json.dumps(rows, indent=2))
     (out / "results.md").write_text(summary_markdown(rows, dataset.name))
-    _bar_chart(rows, out / "results.png")
+    bar_chart(rows, out / "results.png")
     return rows
 
 
@@ -130,20 +131,29 @@ def write_report(out: Path, title: str, table: str, command: str) -> str:
     return text
 
 
-def summary_markdown(rows: list[dict[str, Any]], dataset: str) -> str:
-    return "\n".join(
-        [
-            f"# Benchmark on {dataset} (test split, leave-one-out, mean ± std over seeds)",
-            "",
-            summary_table(rows),
-            "",
-            f"Machine: {machine()}",
-            "",
-        ]
-    )
+def summary_markdown(rows: list[dict[str, Any]], dataset: str, command: str = "") -> str:
+    """The table, then the machine(s) each model ran on (rows may come from several)."""
+    lines = [
+        f"# Benchmark on {dataset} (test split, leave-one-out, mean ± std over seeds)",
+        "",
+        summary_table(rows),
+        "",
+    ]
+    machines: dict[str, list[str]] = {}
+    for r in rows:
+        models = machines.setdefault(r.get("machine") or machine(), [])
+        if r["model"] not in models:
+            models.append(r["model"])
+    if len(machines) == 1:
+        lines.append(f"Machine: {next(iter(machines))}")
+    else:
+        lines += [f"- {', '.join(ms)}: {m}" for m, ms in machines.items()]
+    if command:
+        lines += ["", f"Command: `{command}`"]
+    return "\n".join([*lines, ""])
 
 
-def _bar_chart(rows: list[dict[str, Any]], path: Path) -> None:
+def bar_chart(rows: list[dict[str, Any]], path: Path) -> None:
     """NDCG@10 and HR@10 per model (mean over seeds, std as error bars)."""
     try:
         import matplotlib

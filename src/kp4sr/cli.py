@@ -43,6 +43,8 @@ OPTION_HELP: dict[str, str] = {
     "dropout": "dropout rate (default 0.1)",
     "tie_embeddings": "tie T5's input and output embeddings (untied by default)",
     "epochs": "training epochs (default 10)",
+    "max_minutes": "stop after the epoch that passes this many training minutes (default 0: off)",
+    "length_buckets": "batch training prompts of similar length (less padding; default off)",
     "batch_size": "training batch size (default 32)",
     "lr": "AdamW learning rate (default 1e-3)",
     "warmup": "share of steps with linear warmup before linear decay (default 0.05)",
@@ -51,6 +53,7 @@ OPTION_HELP: dict[str, str] = {
     "samples_per_epoch": "training samples per epoch, drawn at random (default 0: all positions)",
     "seed": "random seed of everything (default 0)",
     "eval_every": "validate every N epochs (default 1)",
+    "checkpoint_every": "checkpoint also every N optimizer steps (default 0: every epoch's end)",
     "patience": "early stopping: validations without a better NDCG@10 (default 3)",
     "beams": "beam size of constrained beam search (default 20)",
     "exclude_seen": "keep the user's earlier items in the ranking (default: excluded)",
@@ -95,13 +98,58 @@ def _config_from_args(args: argparse.Namespace):
     return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from kp4sr.recommender import KP4SR
-    from kp4sr.training import fit
+# options a resumed run may change: where it runs, not what it computes
+RESUME_OVERRIDES = ("device", "workers")
 
-    rec = KP4SR.create(_config_from_args(args))
-    results = fit(rec, args.out, progress=not args.quiet)
-    if args.json:
+
+def _resume_device(args: argparse.Namespace) -> str:
+    """The device a resumed run asks for: --device if given, else the run's own."""
+    if args.device != "auto":
+        return args.device
+    try:
+        return str(json.loads((Path(args.resume) / "config.json").read_text("utf-8"))["device"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "auto"  # from_pretrained reports what is wrong with the folder
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from kp4sr import distributed
+    from kp4sr.errors import ConfigError
+    from kp4sr.recommender import KP4SR, Config
+    from kp4sr.training import fit, resume
+
+    if args.resume and args.out:
+        raise ConfigError("give --out RUN_DIR for a new run or --resume RUN_DIR, not both")
+    if not args.resume and not args.out:
+        raise ConfigError("train needs --out RUN_DIR (or --resume RUN_DIR to continue a run)")
+    if args.resume:
+        changed = [
+            "--" + f.name.replace("_", "-")
+            for f in dataclasses.fields(Config)
+            if getattr(args, f.name) != f.default and f.name not in RESUME_OVERRIDES
+        ]
+        if changed:
+            raise ConfigError(
+                f"--resume continues with the run's saved options; drop {', '.join(changed)}"
+                " (only --device and --workers may change)"
+            )
+    device = _resume_device(args) if args.resume else args.device
+    with distributed.session(device):
+        main_rank = distributed.current().main
+        if not main_rank:  # one copy of the log: rank 0's
+            logging.getLogger().setLevel(logging.WARNING)
+        if args.resume:
+            results = resume(
+                args.resume,
+                progress=not args.quiet,
+                device=None if args.device == "auto" else args.device,
+                workers=args.workers if args.workers != 0 else None,
+            )
+        else:
+            with distributed.main_first():  # rank 0 fills the dataset cache, the others read it
+                rec = KP4SR.create(_config_from_args(args))
+            results = fit(rec, args.out, progress=not args.quiet)
+    if args.json and main_rank:
         print(json.dumps(results))
     return 0
 
@@ -255,7 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train on a dataset, then evaluate and print the metrics")
-    t.add_argument("--out", required=True, help="run folder to write")
+    t.add_argument("--out", help="run folder to write")
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last checkpoint, with its saved options",
+    )
     t.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     _add_config_options(t)
@@ -300,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("benchmark", help="train and compare KP4SR, its ablations and baselines")
     b.add_argument("--out", required=True, help="folder for results.json, results.md, results.png")
-    b.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per model (default 1)")
+    b.add_argument(
+        "--seeds", type=int, default=1, help="seeds S..S+N-1 per model, S from --seed (default 1)"
+    )
     b.add_argument("--quick", action="store_true", help="a smoke run: a minute or two on toy")
     b.add_argument("--models", default=None, help="comma-separated subset (default: all)")
     b.add_argument("-q", "--quiet", action="store_true")

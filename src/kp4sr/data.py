@@ -11,9 +11,10 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
@@ -150,17 +151,54 @@ class Sample:
     position: int  # index of the target in the user's sequence (its prefix is what was seen)
 
 
+class Samples(Sequence[Sample]):
+    """Training samples kept as two integer arrays (user, target position) and built as
+    :class:`Sample` on access: at 10M interactions a list of Sample objects alone takes several
+    GB and a minute to build. Indexing (also by numpy integers), slicing (a list), ``len`` and
+    iteration work as on a list, in the same order (by user, then position)."""
+
+    def __init__(
+        self, sequences: list[np.ndarray], users: np.ndarray, positions: np.ndarray, max_items: int
+    ):
+        self.sequences = sequences
+        self.users = users
+        self.positions = positions
+        self.max_items = max_items
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def _sample(self, k: int) -> Sample:
+        u, t = int(self.users[k]), int(self.positions[k])
+        seq = self.sequences[u]
+        return Sample(u, seq[max(0, t - self.max_items) : t], int(seq[t]), t)
+
+    @overload
+    def __getitem__(self, k: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> list[Sample]: ...
+
+    def __getitem__(self, k: int | slice) -> Sample | list[Sample]:
+        if isinstance(k, slice):
+            return [self._sample(i) for i in range(*k.indices(len(self)))]
+        return self._sample(range(len(self))[k])  # negative indices, IndexError as a list
+
+    def __iter__(self) -> Iterator[Sample]:
+        return (self._sample(i) for i in range(len(self)))
+
+
 @dataclass(frozen=True)
 class Split:
     """Leave-one-out split: per user the last item is test, the one before is validation,
     every earlier position (from the second item on) is a training target."""
 
-    train: list[Sample]
+    train: Sequence[Sample]  # a Samples (array-backed) from leave_one_out
     valid: list[Sample]
     test: list[Sample]
     skipped_users: int = 0
 
-    def __getitem__(self, name: str) -> list[Sample]:
+    def __getitem__(self, name: str) -> Sequence[Sample]:
         if name not in ("train", "valid", "test"):
             raise ConfigError(f"unknown split {name!r}: expected train, valid or test")
         return getattr(self, name)
@@ -176,23 +214,22 @@ def leave_one_out(dataset: Dataset, max_items: int = 5) -> Split:
     """
     if max_items < 1:
         raise ConfigError(f"max_items must be at least 1, got {max_items}")
-    train: list[Sample] = []
+    seqs = dataset.sequences
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    kept = np.flatnonzero(lengths >= MIN_INTERACTIONS)
+    skipped = len(seqs) - len(kept)
+    # training targets: positions 1 .. n-3 of every kept user, by user then position
+    per_user = lengths[kept] - 2 - 1
+    users = np.repeat(kept, per_user)
+    firsts = np.cumsum(per_user) - per_user
+    positions = np.arange(len(users), dtype=np.int64) - np.repeat(firsts, per_user) + 1
+    train = Samples(seqs, users, positions, max_items)
     valid: list[Sample] = []
     test: list[Sample] = []
-    skipped = 0
-    for u, seq in enumerate(dataset.sequences):
-        n = len(seq)
-        if n < MIN_INTERACTIONS:
-            skipped += 1
-            continue
-        for t in range(1, n):
-            s = Sample(u, seq[max(0, t - max_items) : t], int(seq[t]), t)
-            if t == n - 1:
-                test.append(s)
-            elif t == n - 2:
-                valid.append(s)
-            else:
-                train.append(s)
+    for u, n in zip(kept.tolist(), lengths[kept].tolist()):
+        seq = seqs[u]
+        for t, into in ((n - 2, valid), (n - 1, test)):
+            into.append(Sample(u, seq[max(0, t - max_items) : t], int(seq[t]), t))
     if skipped:
         log.warning(
             "%s: skipped %d users with fewer than %d interactions",
@@ -497,38 +534,20 @@ def save_dataset(ds: Dataset, folder: Path) -> None:
 
 def load_saved_dataset(folder: Path) -> Dataset:
     """Read what :func:`save_dataset` wrote; a missing or inconsistent file is a DataError."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from kp4sr.runfolder import check_snapshot, load_arrays, read_json
 
     meta_path, arr_path = folder / "dataset.json", folder / "dataset.safetensors"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        arrays = load_file(str(arr_path))
-    except FileNotFoundError as e:
-        raise DataError("missing from the run folder", e.filename) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"corrupted ({e})", meta_path) from None
-    except (SafetensorError, OSError) as e:
-        raise DataError(f"corrupted ({e})", arr_path) from None
-    lengths = arrays["seq_lengths"]
-    if len(lengths) != len(meta["users"]) or int(lengths.sum()) != len(arrays["seq_items"]):
-        raise DataError("sequence arrays do not match the users in dataset.json", arr_path)
-    sequences = np.split(arrays["seq_items"], np.cumsum(lengths)[:-1]) if len(lengths) else []
-    kg = KnowledgeGraph(
-        entities=meta["kg_entities"],
-        names=meta["kg_names"],
-        relations=meta["kg_relations"],
-        heads=arrays["kg_heads"],
-        rels=arrays["kg_rels"],
-        tails=arrays["kg_tails"],
-    )
+    meta = read_json(meta_path, "the dataset snapshot")
+    got = check_snapshot(meta, load_arrays(arr_path), meta_path, arr_path)
+    heads, rels, tails = got["kg"]
+    kg = KnowledgeGraph(got["entities"], got["names"], got["relations"], heads, rels, tails)
     return Dataset(
         name=meta["name"],
         domain=meta["domain"],
-        users=meta["users"],
-        items=meta["items"],
-        titles=meta["titles"],
-        sequences=list(sequences),
+        users=got["users"],
+        items=got["items"],
+        titles=got["titles"],
+        sequences=got["sequences"],
         kg=kg,
         skipped=meta.get("skipped", {}),
         templates=meta.get("templates", {}),

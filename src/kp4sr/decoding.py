@@ -10,6 +10,7 @@ and search runs for many users at once: the encoder runs once per user, the deco
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,19 +100,41 @@ def beam_search(
     enc = encode(model, batch, tree_mask).last_hidden_state  # [B, L, d]
     b, k = enc.shape[0], beams
     device = enc.device
-    enc_k = enc.repeat_interleave(k, dim=0)  # [B*K, L, d]
-    att_k = padding_mask(batch).repeat_interleave(k, dim=0)  # [B*K, L]
+    att = padding_mask(batch)  # [B, L]
+    # First step once per user (every beam starts the same); its cache holds the decoder's
+    # cross-attention keys and values, computed once per user and then only copied to the
+    # user's beams, instead of being projected again for every beam at every step.
+    first = model(
+        encoder_outputs=(enc,),
+        attention_mask=att,
+        decoder_input_ids=torch.full((b, 1), model.config.decoder_start_token_id, device=device),
+        use_cache=True,
+        return_dict=True,
+    )
+    cache = getattr(first, "cache", None) or first.past_key_values
+    cache.batch_repeat_interleave(k)
+    cache_arg = _cache_keyword(model)
+    att_k = att.repeat_interleave(k, dim=0)  # [B*K, L]
+    # the decoder reads only the shape of the encoder states once the cache holds keys and values
+    enc_shape = enc.new_zeros(b * k, enc.shape[1], 1).expand(-1, -1, enc.shape[2])
     dec = torch.full((b * k, 1), model.config.decoder_start_token_id, device=device)
     scores = torch.full((b, k), float("-inf"), device=device)
     scores[:, 0] = 0.0
     nodes = np.zeros(b * k, dtype=np.int64)
     done = np.zeros(b * k, dtype=bool)
     dead = None if banned is None else [trie.dead(s) for s in banned]
-    for _ in range(trie.depth):
-        out = model(
-            encoder_outputs=(enc_k,), attention_mask=att_k, decoder_input_ids=dec, return_dict=True
-        )
-        logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [B*K, V]
+    logits = first.logits[:, -1, :].repeat_interleave(k, dim=0)
+    for step in range(trie.depth):
+        if step:
+            logits = model(
+                encoder_outputs=(enc_shape,),
+                attention_mask=att_k,
+                decoder_input_ids=dec[:, -1:],
+                use_cache=True,
+                **{cache_arg: cache},
+                return_dict=True,
+            ).logits[:, -1, :]
+        logp = torch.log_softmax(logits.float(), dim=-1)  # [B*K, V]
         vocab = logp.shape[-1]
         if constrained:
             masked = torch.full_like(logp, float("-inf"))
@@ -129,6 +152,7 @@ def beam_search(
         src = (flat // vocab + torch.arange(b, device=device).unsqueeze(1) * k).reshape(-1)
         tok = (flat % vocab).reshape(-1)
         dec = torch.cat([dec[src], tok.unsqueeze(1)], dim=1)
+        cache.self_attention_cache.reorder_cache(src)  # beams stay within their user's rows
         src_np, tok_np = src.cpu().numpy(), tok.cpu().numpy()
         prev_done = done[src_np]
         nodes = nodes[src_np].copy()
@@ -190,6 +214,12 @@ def full_scores(
             tok = logp.gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [c, T]
             out[u, s : s + c] = (tok * (lab >= 0)).sum(-1).cpu().numpy()
     return out
+
+
+def _cache_keyword(model: T5ForConditionalGeneration) -> str:
+    """``cache`` in recent transformers, ``past_key_values`` before (deprecated since)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _allowed(

@@ -9,8 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def one_line(text: str) -> str:
+    """The text with its line breaks folded into spaces.
+
+    The CLI promises one line per error, and a message may quote a library's multi-line text
+    (a tokenizer's or a checkpoint loader's); data values are quoted with ``repr`` instead, so
+    the user still sees exactly which characters a file holds.
+    """
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 class KP4SRError(Exception):
     """Base class of every error kp4sr raises on purpose (the CLI prints these as one line)."""
+
+    def __init__(self, message: object = "", *args: object):
+        super().__init__(one_line(str(message)), *args)
 
 
 class DataError(KP4SRError):
@@ -26,7 +39,7 @@ class DataError(KP4SRError):
             if line is not None:
                 where += f", line {line}"
             where += ": "
-        super().__init__(f"{where}{message}")
+        super().__init__(f"{where}{one_line(message)}")
 
 
 class ConfigError(KP4SRError):

@@ -50,8 +50,17 @@ class FusedPrompt:
     node_of_token: np.ndarray  # int64 [L]
     parents: np.ndarray  # int64 [n_nodes]; parents[ROOT] == ROOT_PARENT
     spans: np.ndarray  # int64 [n_nodes, 2] start, end token offsets (root: the MPP span)
-    # what each node stands for: ("root",), ("item", item), ("fact", head, relation, tail)
-    nodes: list[tuple] = field(default_factory=list)
+    items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [K] history
+    facts: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))  # [F, 3] h,r,t
+
+    @property
+    def nodes(self) -> list[tuple]:
+        """What each node stands for: ("root",), ("item", item), ("fact", head, relation, tail).
+        Built on demand (for ``explain``): training never needs it."""
+        out: list[tuple] = [("root",)]
+        out += [("item", i) for i in self.items.tolist()]
+        out += [("fact", *f) for f in self.facts.tolist()]
+        return out
 
 
 class Adjacency:
@@ -70,11 +79,25 @@ class Adjacency:
         rank[order] = np.arange(len(order)) - group_start
         # evaluation order per head: by rank, then relation, then stored order
         final = np.lexsort((np.arange(len(h)), r, rank, h))
+        self.head = h[final]
         self.rel = r[final]
         self.tail = t[final]
+        self.triples = np.stack([self.head, self.rel, self.tail], axis=1)  # [E, 3] per edge
         self.indptr = np.zeros(n + 1, dtype=np.int64)
         np.add.at(self.indptr, h + 1, 1)
         self.indptr = np.cumsum(self.indptr)
+        # dense rank of each edge's relation among its head's relations (for vectorised draws)
+        by_pair = np.lexsort((self.rel, self.head))
+        hp, rp = self.head[by_pair], self.rel[by_pair]
+        new_pair = np.ones(len(hp), dtype=bool)
+        new_pair[1:] = (hp[1:] != hp[:-1]) | (rp[1:] != rp[:-1])
+        pair = np.cumsum(new_pair) - 1
+        first = np.ones(len(hp), dtype=bool)
+        first[1:] = hp[1:] != hp[:-1]
+        head_first_pair = np.maximum.accumulate(np.where(first, pair, 0))
+        self.local_rel = np.empty(len(hp), dtype=np.int64)
+        self.local_rel[by_pair] = pair - head_first_pair
+        self.max_rel = int(self.local_rel.max()) + 1 if len(hp) else 1
 
     def edges(
         self, entity: int, degree: int, exclude: int, rng: np.random.Generator | None
@@ -100,6 +123,48 @@ class Adjacency:
         rel_key = rng.permutation(len(uniq))[inv]  # random relation order
         pick = np.lexsort((rel_key, rank))[:degree]
         return idx[order[pick]]
+
+    def sample(
+        self,
+        entities: np.ndarray,
+        exclude: np.ndarray,
+        degree: int,
+        rng: np.random.Generator | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One hop for a whole frontier at once: at most ``degree`` out-edges of each entity
+        (never one whose tail is its ``exclude``), as (edge indices, frontier position of each),
+        frontier by frontier position. ``rng=None``: the stored round-robin order (what
+        :meth:`edges` gives); with an RNG, a random relation order and a random order within
+        each relation, taken round-robin — the same rule as :meth:`edges`, drawn for every
+        entity with a handful of array operations instead of a few per entity."""
+        empty = np.zeros(0, dtype=np.int64)
+        m = len(entities)
+        if m == 0 or degree <= 0:
+            return empty, empty
+        lo = self.indptr[entities]
+        cnt = self.indptr[entities + 1] - lo
+        total = int(cnt.sum())
+        if total == 0:
+            return empty, empty
+        seg = np.repeat(np.arange(m), cnt)
+        edge = np.arange(total) + np.repeat(lo - (np.cumsum(cnt) - cnt), cnt)
+        keep = self.tail[edge] != exclude[seg]
+        edge, seg = edge[keep], seg[keep]
+        if rng is not None and len(edge):
+            group = seg * self.max_rel + self.local_rel[edge]
+            order = np.lexsort((rng.random(len(edge)), group))  # shuffled within each relation
+            g = group[order]
+            new = np.ones(len(g), dtype=bool)
+            new[1:] = g[1:] != g[:-1]
+            rank = np.arange(len(g)) - np.maximum.accumulate(np.where(new, np.arange(len(g)), 0))
+            rel_key = rng.random(m * self.max_rel)[g]  # a random relation order per entity
+            edge, seg = edge[order], seg[order]
+            final = np.lexsort((rel_key, rank, seg))
+            edge, seg = edge[final], seg[final]
+        n_seg = np.bincount(seg, minlength=m)
+        rank = np.arange(len(seg)) - np.repeat(np.cumsum(n_seg) - n_seg, n_seg)
+        sel = rank < degree
+        return edge[sel], seg[sel]
 
 
 class PromptBuilder:
@@ -138,10 +203,18 @@ class PromptBuilder:
         self._sep = self._encode(HISTORY_SEPARATOR)
         self._fact_cache: dict[tuple[int, int, int], np.ndarray] = {}
         self._mpp_cache: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
+        # token ids of each adjacency edge's sentence, filled on first use (or by warm())
+        self._edge_tokens: list[np.ndarray | None] = [None] * len(self.adj.tail)
+        self._edge_len = np.full(len(self.adj.tail), -1, dtype=np.int64)
 
     # -- text and token caches ------------------------------------------------------------
     def _encode(self, text: str) -> np.ndarray:
         return np.asarray(self.tok.encode(text, add_special_tokens=False), dtype=np.int64)
+
+    @property
+    def separator(self) -> np.ndarray:
+        """Token ids written between two history items."""
+        return self._sep
 
     def entity_text(self, e: int) -> str:
         """An item is written as its ID, any other entity by its name (its key if nameless)."""
@@ -164,11 +237,35 @@ class PromptBuilder:
             ids = self._fact_cache[key] = self._encode(self.fact_text(h, r, t))
         return ids
 
+    def _edge_lengths(self, edges: np.ndarray) -> np.ndarray:
+        """Token counts of these edges' sentences, tokenising (in one batch) those not seen yet:
+        each sentence is tokenised once per builder, whatever the number of samples."""
+        missing = edges[self._edge_len[edges] < 0]
+        if len(missing):
+            todo = np.unique(missing).tolist()
+            adj = self.adj
+            texts = [
+                self.fact_text(int(adj.head[e]), int(adj.rel[e]), int(adj.tail[e])) for e in todo
+            ]
+            encoded = self.tok(texts, add_special_tokens=False)["input_ids"]
+            for e, ids in zip(todo, encoded):
+                self._edge_tokens[e] = np.asarray(ids, dtype=np.int64)
+                self._edge_len[e] = len(ids)
+        return self._edge_len[edges]
+
+    def warm(self, chunk: int = 4096) -> None:
+        """Tokenise every knowledge sentence now, e.g. before forking DataLoader workers (which
+        would otherwise each tokenise what they use, again every epoch)."""
+        n = len(self._edge_len)
+        for s in range(0, n, chunk):
+            self._edge_lengths(np.arange(s, min(n, s + chunk)))
+
     def mpp_text(self, user_text: str, history: np.ndarray, template: int) -> str:
         hist = HISTORY_SEPARATOR.join(self.item_texts[i] for i in history)
         return self.mpp_templates[template].format(user=user_text, history=hist, mask=self.mask)
 
-    def _mpp_pieces(self, template: int, user_text: str) -> tuple[np.ndarray, np.ndarray]:
+    def mpp_pieces(self, template: int, user_text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of the MPP before and after the history (cached per template and user)."""
         key = (template, user_text)
         if key not in self._mpp_cache:
             text = self.mpp_templates[template].format(
@@ -179,6 +276,8 @@ class PromptBuilder:
             before, after = text.split(_HOLE)
             self._mpp_cache[key] = (self._encode(before), self._encode(after))
         return self._mpp_cache[key]
+
+    _mpp_pieces = mpp_pieces
 
     # -- one sample -----------------------------------------------------------------------
     def build(
@@ -192,68 +291,88 @@ class PromptBuilder:
         fixed edge order); with an RNG the template and the edges are drawn at random."""
         if template is None:
             template = 0 if rng is None else int(rng.integers(len(self.mpp_templates)))
-        before, after = self._mpp_pieces(template, user_text)
+        before, after = self.mpp_pieces(template, user_text)
+        history = np.asarray(history, dtype=np.int64)
+        n_items = len(history)
 
         # MPP: before, id_1, sep, id_2, ..., id_K, after; item nodes are 1..K
         parts: list[np.ndarray] = [before]
         owners: list[int] = [ROOT]
-        parents = [ROOT_PARENT]
-        nodes: list[tuple] = [("root",)]
-        for k, item in enumerate(history):
+        for k, item in enumerate(history.tolist()):
             if k:
                 parts.append(self._sep)
                 owners.append(ROOT)
-            parts.append(self.codes.of(int(item)))
-            owners.append(len(parents))
-            parents.append(ROOT)
-            nodes.append(("item", int(item)))
+            parts.append(self.codes.of(item))
+            owners.append(k + 1)
         parts.append(after)
         owners.append(ROOT)
-        mpp_len = sum(len(p) for p in parts)
-
-        if self.config.knowledge and self.config.hop > 0 and self.kg.num_triples:
-            self._expand(history, parts, owners, parents, nodes, mpp_len, rng)
-        parts.append(np.array([self.eos], dtype=np.int64))
-        owners.append(ROOT)
-
         lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-        input_ids = np.concatenate(parts)
-        node_of_token = np.repeat(np.asarray(owners, dtype=np.int64), lengths)
+        mpp_len = int(lengths.sum())
         ends = np.cumsum(lengths)
-        spans = np.zeros((len(parents), 2), dtype=np.int64)
-        own = np.asarray(owners[1:-1], dtype=np.int64)  # first part and EOS are root's
-        spans[own, 0] = (ends - lengths)[1:-1]
-        spans[own, 1] = ends[1:-1]
-        spans[ROOT] = (0, mpp_len)
-        return FusedPrompt(
-            input_ids, node_of_token, np.asarray(parents, dtype=np.int64), spans, nodes
-        )
+        owner_arr = np.asarray(owners, dtype=np.int64)
+        spans_items = np.stack([ends - lengths, ends], axis=1)[owner_arr > 0]  # [K, 2]
 
-    def _expand(self, history, parts, owners, parents, nodes, used, rng) -> None:
-        """Append knowledge prompts breadth first until the token budget is spent."""
+        edges, fact_parent = self._expand(history, mpp_len, rng)
+        fact_len = self._edge_len[edges]
+        n_facts = len(edges)
+        first_fact = 1 + n_items
+        eos = np.array([self.eos], dtype=np.int64)
+        tok_parts = [*parts, *(self._edge_tokens[e] for e in edges.tolist()), eos]
+        input_ids = np.concatenate(tok_parts)
+        node_of_token = np.concatenate(
+            [
+                np.repeat(owner_arr, lengths),
+                np.repeat(np.arange(first_fact, first_fact + n_facts), fact_len),
+                np.zeros(1, dtype=np.int64),
+            ]
+        )
+        parents = np.concatenate(
+            [np.array([ROOT_PARENT], dtype=np.int64), np.zeros(n_items, np.int64), fact_parent]
+        )
+        spans = np.zeros((len(parents), 2), dtype=np.int64)
+        spans[ROOT] = (0, mpp_len)
+        spans[1:first_fact] = spans_items
+        fact_end = mpp_len + np.cumsum(fact_len)
+        spans[first_fact:, 0] = fact_end - fact_len
+        spans[first_fact:, 1] = fact_end
+        facts = self.adj.triples[edges]
+        return FusedPrompt(input_ids, node_of_token, parents, spans, history, facts)
+
+    def _expand(
+        self, history: np.ndarray, used: int, rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Knowledge prompts breadth first until the token budget is spent: their adjacency
+        edges and parent node ids, in prompt order (one vectorised draw per hop)."""
         cfg = self.config
+        none = np.zeros(0, dtype=np.int64)
+        if not (cfg.knowledge and cfg.hop > 0 and self.kg.num_triples):
+            return none, none
         budget = cfg.max_length - used - 1  # room for </s>
-        # frontier: (node id, entity to expand, entity to exclude as tail)
-        frontier = []
-        for k in range(len(history) - 1, -1, -1):  # most recent item first
-            e = int(self.item_entity[int(history[k])])
-            if e >= 0:
-                frontier.append((k + 1, e, -1))
+        ks = np.arange(len(history) - 1, -1, -1)  # most recent item first
+        ents = self.item_entity[history[ks]] if len(history) else none
+        linked = ents >= 0
+        ents, nodes = ents[linked], ks[linked] + 1
+        excl = np.full(len(ents), -1, dtype=np.int64)
+        out_edges: list[np.ndarray] = []
+        out_parents: list[np.ndarray] = []
+        next_node = 1 + len(history)
         for _ in range(cfg.hop):
-            nxt = []
-            for node, ent, excl in frontier:
-                for edge in self.adj.edges(ent, cfg.degree, excl, rng):
-                    r, t = int(self.adj.rel[edge]), int(self.adj.tail[edge])
-                    ids = self.fact_tokens(ent, r, t)
-                    if len(ids) > budget:
-                        return
-                    budget -= len(ids)
-                    parts.append(ids)
-                    owners.append(len(parents))
-                    nxt.append((len(parents), t, ent))
-                    parents.append(node)
-                    nodes.append(("fact", ent, r, t))
-            frontier = nxt
+            edges, seg = self.adj.sample(ents, excl, cfg.degree, rng)
+            if not len(edges):
+                break
+            csum = np.cumsum(self._edge_lengths(edges))
+            take = int(np.searchsorted(csum, budget, side="right"))  # whole facts that fit
+            out_edges.append(edges[:take])
+            out_parents.append(nodes[seg[:take]])
+            if take < len(edges):
+                break
+            budget -= int(csum[-1])
+            ents, excl = self.adj.tail[edges], ents[seg]
+            nodes = np.arange(next_node, next_node + take)
+            next_node += take
+        if not out_edges:
+            return none, none
+        return np.concatenate(out_edges), np.concatenate(out_parents)
 
     def node_text(
         self, prompt: FusedPrompt, node: int, user_text: str, history: np.ndarray, template: int = 0

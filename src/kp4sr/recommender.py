@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
+from kp4sr import distributed
 from kp4sr.data import (
     DataOptions,
     Dataset,
@@ -82,6 +83,7 @@ class Config:
     dropout: float = 0.1
     tie_embeddings: bool = False  # tie T5's input and output embeddings (from scratch)
     epochs: int = 10
+    max_minutes: float = 0.0  # >0: stop after the epoch that passes this training time
     batch_size: int = 32
     lr: float = 1e-3
     warmup: float = 0.05  # share of steps with linear warmup, then linear decay
@@ -90,11 +92,13 @@ class Config:
     samples_per_epoch: int = 0  # 0: every training position each epoch; N: a random N
     seed: int = 0
     eval_every: int = 1  # validate every N epochs
+    checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
     patience: int = 3  # stop after this many validations without a better NDCG@10
     beams: int = 20
     exclude_seen: bool = True  # items the user had before the target are not recommended
     eval_batch_size: int = 16  # users per beam search batch
     workers: int = 0  # DataLoader worker processes building prompts
+    length_buckets: bool = False  # batch training samples of similar prompt length
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     @classmethod
@@ -232,31 +236,38 @@ class KP4SR:
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | None = None) -> KP4SR:
         """Load a run folder written by :meth:`save_pretrained` (or by ``kp4sr train``)."""
+        from kp4sr import runfolder as rf
+
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise ConfigError(f"{folder} is not a kp4sr run folder (no config.json)")
-        try:
-            config = Config.from_dict(json.loads((folder / "config.json").read_text("utf-8")))
-            numbers = np.asarray(
-                json.loads((folder / "items.json").read_text("utf-8"))["numbers"], dtype=np.int64
-            )
-            templates = json.loads((folder / "templates.json").read_text("utf-8"))
-        except FileNotFoundError as e:
-            raise DataError("missing from the run folder", e.filename) from None
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DataError(f"corrupted run folder file ({e})", folder) from None
+        config_path = folder / "config.json"
+        options = rf.check_config(rf.read_json(config_path, "options"), Config, config_path)
+        config = Config.from_dict(options)
         if device is not None:
             config.device = device
         dataset = load_saved_dataset(folder)
-        if len(numbers) != len(dataset.items):
-            raise DataError("items.json does not match the dataset snapshot", folder / "items.json")
-        tokenizer = load_tokenizer(folder / "tokenizer")
-        try:
-            model = T5ForConditionalGeneration.from_pretrained(str(folder / "model"))
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot load the model weights ({e})", folder / "model") from None
-        rec = cls(config, dataset, tokenizer, model, numbers, templates["relations"])
-        rec.builder.mpp_templates = templates["mpp"]
+        items_path, templates_path = folder / "items.json", folder / "templates.json"
+        numbers = rf.check_numbers(
+            rf.read_json(items_path, "item numbers"), len(dataset.items), items_path
+        )
+        relations, mpp = rf.check_saved_templates(
+            rf.read_json(templates_path, "relation and MPP templates"),
+            templates_path,
+            dataset.kg.relations,
+        )
+        tokenizer = rf.load_run_tokenizer(folder / "tokenizer")
+        single = item_texts(numbers[:1], "single")[0] in tokenizer.get_vocab()
+        if single != (config.item_tokens == "single"):
+            raise DataError(
+                f"item_tokens is {config.item_tokens!r} but the tokenizer "
+                + ("has" if single else "lacks")
+                + " one token per item: config.json and tokenizer/ do not match",
+                config_path,
+            )
+        model = rf.load_t5(folder / "model", len(tokenizer), is_preset(config.backbone))
+        rec = cls(config, dataset, tokenizer, model, numbers, relations)
+        rec.builder.mpp_templates = mpp
         return rec
 
     # -- data -----------------------------------------------------------------------------
@@ -365,12 +376,15 @@ class KP4SR:
         max_users: int | None = None,
         progress: bool = False,
         mode: str = "beam",
+        sharded: bool = False,
     ) -> dict[str, float]:
         """HR@k, NDCG@k (k = 5, 10, 20) and MRR over all users of ``split`` (valid or test).
 
         ``mode``: ``beam`` (constrained beam search, the default), ``full`` (exact ranking of
         every item, MRR over the full list) or ``unconstrained`` (plain beam search as in the
         paper's code; adds ``invalid_share``, the share of generated IDs that are no item).
+        ``sharded``: under torchrun, every process ranks its share of the users and the lists
+        are gathered (every process must call it; the result is the same on all).
         """
         if split not in ("valid", "test"):
             raise ConfigError(f"evaluate on valid or test, not {split!r}")
@@ -378,17 +392,21 @@ class KP4SR:
             raise ConfigError(f"unknown evaluation mode {mode!r}: beam, full or unconstrained")
         samples = self.split[split][:max_users]
         targets = np.array([s.target for s in samples], dtype=np.int64)
+        mine = distributed.shard(samples) if sharded else samples
         if mode == "full":
-            return metrics(self.full_ranks(samples, progress))
+            ranks = self.full_ranks(mine, progress)
+            return metrics(distributed.gather_shards(ranks, len(samples)) if sharded else ranks)
         seen = [self.seen_items(s) for s in samples] if self.config.exclude_seen else None
         ranked = self.rank(
-            [s.user for s in samples],
-            [s.history for s in samples],
-            seen,
+            [s.user for s in mine],
+            [s.history for s in mine],
+            distributed.shard(seen) if sharded and seen is not None else seen,
             progress=progress,
             constrained=mode == "beam",
         )
         items = ranked.items
+        if sharded:
+            items = distributed.gather_shards(items, len(samples))
         out: dict[str, float] = {}
         if mode == "unconstrained":
             out["invalid_share"] = float((items == INVALID).mean()) if items.size else 0.0

@@ -135,6 +135,8 @@ def load_relation_templates(path: str | Path) -> dict[str, str]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         line = getattr(e, "lineno", None)
         raise DataError(f"not valid UTF-8 JSON ({e.__class__.__name__}: {e})", path, line) from None
+    except RecursionError:
+        raise DataError("not a template file: JSON nested too deeply", path) from None
     if not isinstance(raw, dict):
         raise DataError('expected a JSON object {"relation": "sentence with [X] and [Y]"}', path)
     return {str(r): check_template(str(r), t, path) for r, t in raw.items()}

@@ -27,6 +27,7 @@ padding, and padding rows see only padding (a fully masked row would give NaNs i
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 ROOT = 0
@@ -53,6 +54,25 @@ def tree_visibility(node_of_token: torch.Tensor, parent_of_token: torch.Tensor) 
     return (p_i == p_j) | (p_j == n_i) | (n_j == p_i)
 
 
+def _tree_visibility_rows(node_of_token: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+    """[B, L, L] on a CPU, row by row: every token of a node has the same row, so each sample's
+    mask is its per-node rows ([n_nodes + 1, L], the same three comparisons) gathered by the
+    tokens' node ids — one row copy per token instead of three L x L comparisons."""
+    b, length = node_of_token.shape
+    n_all = node_of_token.numpy()
+    p_all = token_parents(node_of_token, parents).numpy()
+    par_all = parents.numpy()
+    n_nodes = par_all.shape[1]
+    node_id = np.append(np.arange(n_nodes), PAD_NODE)  # the extra row: padding's
+    out = np.empty((b, length, length), dtype=bool)
+    for k in range(b):  # a loop over samples, never over tokens
+        n_j, p_j = n_all[k][None, :], p_all[k][None, :]
+        node_par = np.append(par_all[k], PAD_PARENT)[:, None]
+        rows = (node_par == p_j) | (p_j == node_id[:, None]) | (n_j == node_par)
+        np.take(rows, np.where(n_all[k] < 0, n_nodes, n_all[k]), axis=0, out=out[k])
+    return torch.from_numpy(out)
+
+
 def full_visibility(node_of_token: torch.Tensor) -> torch.Tensor:
     """Boolean [..., L, L] without PD: every real token sees every real token (padding aside)."""
     real = node_of_token != PAD_NODE
@@ -64,7 +84,9 @@ def encoder_mask(
     node_of_token: torch.Tensor, parents: torch.Tensor, tree: bool = True
 ) -> torch.Tensor:
     """The 4-D boolean mask [B, 1, L, L] that T5's encoder takes (True = may attend)."""
-    if tree:
+    if tree and node_of_token.device.type == "cpu" and node_of_token.dim() == 2:
+        vis = _tree_visibility_rows(node_of_token, parents)
+    elif tree:
         vis = tree_visibility(node_of_token, token_parents(node_of_token, parents))
     else:
         vis = full_visibility(node_of_token)

@@ -29,7 +29,7 @@ import numpy as np
 
 from kp4sr.data import Dataset, KnowledgeGraph, item_key
 from kp4sr.errors import DataError
-from kp4sr.loaders import _order_sequences, _report_skips
+from kp4sr.loaders import INT64_MAX, INT64_MIN, _order_sequences, _report_skips
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,19 @@ def _time(record: dict[str, Any], path: Path, line: int) -> int:
     if "unixReviewTime" not in record:
         raise DataError("missing key 'unixReviewTime'", path, line)
     value = record["unixReviewTime"]
+    number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    raise DataError(f"expected an integer 'unixReviewTime', found {value!r}", path, line)
+        number = value
+    elif isinstance(value, str):
+        try:
+            number = int(value.strip())
+        except ValueError:
+            number = None
+    if number is None or not INT64_MIN <= number <= INT64_MAX:
+        raise DataError(
+            f"expected an integer 'unixReviewTime' (64-bit), found {value!r}", path, line
+        )
+    return number
 
 
 def _optional_text(record: dict[str, Any], key: str, path: Path, line: int) -> str | None:

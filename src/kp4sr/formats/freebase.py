@@ -132,7 +132,13 @@ def unescape_literal(text: str) -> str:
             raise ValueError(f"unknown escape \\{m.group(3)}")
         return simple
 
-    return _ESCAPE.sub(one, text)
+    out = _ESCAPE.sub(one, text)
+    # a UTF-16 pair written as two \u escapes is one character; a lone half is none at all
+    # (the name could not even be written out as UTF-8 later)
+    try:
+        return out.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        raise ValueError("a lone UTF-16 surrogate escape") from None
 
 
 def _open_maybe_gzip(path: Path) -> BinaryIO:
@@ -365,6 +371,8 @@ def load_triples_tsv(path: Path) -> tuple[list[tuple[str, str, str]], dict[str, 
             continue
         seen.add(triple)
         kept.append(triple)
+    if not kept:
+        raise DataError("no triples: expected tab-separated head, relation, tail lines", path)
     _report_skips(str(path), skipped)
     return kept, {k: v for k, v in skipped.items() if v}
 
@@ -406,12 +414,19 @@ def build_kg(
     kg, counts = link_triples(triples, to_item, names, nameless, script)
     skipped.update(counts)
     item_keys = set(to_item.values())
+    linked = sum(1 for e in kg.entities if e in item_keys)
     log.info(
         "Freebase KG: %d triples, %d entities, %d relations, %d linked items",
         kg.num_triples,
         len(kg.entities),
         len(kg.relations),
-        sum(1 for e in kg.entities if e in item_keys),
+        linked,
     )
+    if kg.num_triples and not linked:
+        log.warning(
+            "Freebase KG: none of its %d triples touches an item of the dataset: check that "
+            "the linkage file belongs to this dataset",
+            kg.num_triples,
+        )
     _report_skips("Freebase KG", skipped)
     return kg, {k: v for k, v in skipped.items() if v}

@@ -48,6 +48,8 @@ def _read_json(path: Path, what: str) -> Any:
         return json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"not valid JSON ({e.msg}, column {e.colno})", path, e.lineno) from None
+    except RecursionError:
+        raise DataError("not valid JSON for kp4sr: nested too deeply", path) from None
 
 
 def _str_map(value: Any, path: Path, what: str) -> dict[str, str]:
@@ -223,6 +225,8 @@ def load_kp4sr_release(folder: Path, nameless: str = "skip") -> tuple[Dataset, d
     users, seqs, empty = _sequences(folder / SEQUENCES, id2item)
     skipped = {"users_without_items": empty, "links_of_unknown_items": 0}
     used = sorted({i for s in seqs for i in s}, key=int)
+    # items of id2item in no sequence are no items of the dataset: left out, counted, logged
+    _report_skips(str(maps_path), {"items_without_interactions": len(id2item) - len(used)})
     index = {m: k for k, m in enumerate(used)}
     items = [id2item[m] for m in used]
     sequences = [np.asarray([index[i] for i in s], dtype=np.int64) for s in seqs]

@@ -461,6 +461,8 @@ def load_movielens(folder: Path) -> Dataset:
 
     user_ids, user_idx = np.unique(user_raw, return_inverse=True)
     item_ids, item_idx = np.unique(movie_raw, return_inverse=True)
+    # movies nobody rated are no items of the dataset: left out, counted and logged
+    _report_skips(str(ratings_path), {"movies_without_ratings": len(movies) - len(item_ids)})
     order = _order_sequences(user_idx.ravel(), times, len(user_ids))
     item_idx = item_idx.ravel()
     sequences = [item_idx[rows].astype(np.int64) for rows in order]

@@ -1,0 +1,794 @@
+"""Speed of KP4SR's prompt+mask pipeline, training and evaluation, each against a plain reference.
+
+    python benchmarks/speed.py                       # full run: tiny and t5-small, 512 tokens
+    python benchmarks/speed.py --quick               # about a minute on a 2-core CPU
+    PYTHONPATH=src python3 benchmarks/speed.py --device cuda --sizes tiny,t5-small --out DIR
+
+Every figure is measured in one run, on the same inputs, as ours against a plain reference written
+here, the way KP4SR's published code works:
+
+- prompt+mask: the reference builds each sample in Python, re-tokenising every sentence (MPP
+  pieces, item IDs, every knowledge sentence) and filling a dense L x L NumPy mask node by node;
+  ours assembles cached token-id arrays, collates and builds the 4-D boolean mask with broadcast
+  comparisons. Both must give identical token ids and masks (checked here on every batch).
+- training: the reference feeds the reference pipeline's batches, built in the training loop, to
+  T5 with eager attention; ours is what ``kp4sr.training.fit`` runs (prompts built by DataLoader
+  workers, optional length bucketing, SDPA with the boolean tree mask, bf16 autocast on a GPU).
+  Reported: samples/s, real (non-padding) tokens/s, and the share of time spent waiting on data.
+- evaluation: the reference runs a constrained beam search per user (one user at a time, its
+  beams batched, a Python dict trie); ours is ``KP4SR.rank`` (many users per batch, vectorised
+  trie). Same beams, and the top-k lists must be identical.
+- memory: peak resident memory of each phase (sampled every 5 ms), and on a GPU the peak
+  allocated GPU memory.
+
+The last line printed is one JSON object (``prompt_mask_speedup``, ``eval_speedup``,
+``train_speedup_<size>``, ...); ``--out DIR`` also writes ``DIR/results.json`` and
+``DIR/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kp4sr import toy
+from kp4sr.data import Sample
+from kp4sr.decoding import ItemTrie
+from kp4sr.model import Batch, build_model
+from kp4sr.prompts import PromptBuilder, collate
+from kp4sr.recommender import KP4SR, Config
+from kp4sr.templates import HISTORY_SEPARATOR
+from kp4sr.tree_mask import encoder_mask
+
+HOLE = "\x00HISTORY\x00"
+
+# ----------------------------------------------------------------------------- reference pipeline
+
+
+def reference_sample(
+    builder: PromptBuilder, user_text: str, history: np.ndarray, rng: np.random.Generator | None
+) -> tuple[list[int], list[int], np.ndarray]:
+    """One fused prompt the plain way: token ids, per-token node ids and the dense L x L mask.
+
+    Every sentence is tokenised again, node ids are appended token by token, and the mask is
+    filled node pair by node pair. Edge choice uses the same sampler as ours (``Adjacency.sample``,
+    checked against ``Adjacency.edges`` and its rules in the tests), so both see the same random
+    draws.
+    """
+
+    def enc(text: str) -> list[int]:
+        return list(builder.tok.encode(text, add_special_tokens=False))
+
+    cfg = builder.config
+    template = 0 if rng is None else int(rng.integers(len(builder.mpp_templates)))
+    text = builder.mpp_templates[template].format(user=user_text, history=HOLE, mask=builder.mask)
+    before, after = text.split(HOLE)
+    ids: list[int] = []
+    nodes: list[int] = []
+    parents = [-1]
+
+    def add(tokens: list[int], node: int) -> None:
+        for t in tokens:
+            ids.append(t)
+            nodes.append(node)
+
+    add(enc(before), 0)
+    for k, item in enumerate(history):
+        if k:
+            add(enc(HISTORY_SEPARATOR), 0)
+        add(enc(builder.item_texts[int(item)]), len(parents))
+        parents.append(0)
+    add(enc(after), 0)
+    kg = builder.kg
+    if cfg.knowledge and cfg.hop > 0 and kg.num_triples:
+        budget = cfg.max_length - len(ids) - 1
+        frontier = []  # (node, entity to expand, entity never to go back to)
+        for k in range(len(history) - 1, -1, -1):
+            e = int(builder.item_entity[int(history[k])])
+            if e >= 0:
+                frontier.append((k + 1, e, -1))
+        full = False
+        for _ in range(cfg.hop):
+            ents = np.array([f[1] for f in frontier], dtype=np.int64)
+            excl = np.array([f[2] for f in frontier], dtype=np.int64)
+            edges, seg = builder.adj.sample(ents, excl, cfg.degree, rng)
+            nxt = []
+            for edge, s in zip(edges.tolist(), seg.tolist()):
+                node, ent, _ = frontier[s]
+                r, t = int(builder.adj.rel[edge]), int(builder.adj.tail[edge])
+                tokens = enc(builder.fact_text(ent, r, t))
+                if len(tokens) > budget:
+                    full = True
+                    break
+                budget -= len(tokens)
+                add(tokens, len(parents))
+                nxt.append((len(parents), t, ent))
+                parents.append(node)
+            if full:
+                break
+            frontier = nxt
+    add([builder.eos], 0)
+    return ids, nodes, reference_mask(nodes, parents)
+
+
+def reference_mask(nodes: list[int], parents: list[int]) -> np.ndarray:
+    """Dense L x L mask: a node's tokens see its parent's, its siblings' and its children's."""
+    length = len(nodes)
+    mask = np.zeros((length, length), dtype=bool)
+    node_arr = np.asarray(nodes)
+    members = [np.flatnonzero(node_arr == n) for n in range(len(parents))]
+    children: list[list[int]] = [[] for _ in parents]
+    for n, p in enumerate(parents):
+        if p >= 0:
+            children[p].append(n)
+    for a, p in enumerate(parents):
+        near = children[a] + ([p] + children[p] if p >= 0 else [a])
+        for b in near:
+            mask[np.ix_(members[a], members[b])] = True
+    return mask
+
+
+def reference_batch(
+    builder: PromptBuilder,
+    chosen: list[Sample],
+    users: list[str],
+    rngs: list[np.random.Generator | None],
+    pad_id: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Padded token ids [B, L] and the 4-D mask [B, 1, L, L] (padding sees only padding)."""
+    built = [reference_sample(builder, u, s.history, r) for s, u, r in zip(chosen, users, rngs)]
+    lmax = max(len(ids) for ids, _, _ in built)
+    ids_out = np.full((len(built), lmax), pad_id, dtype=np.int64)
+    mask_out = np.zeros((len(built), 1, lmax, lmax), dtype=bool)
+    for k, (ids, _, mask) in enumerate(built):
+        n = len(ids)
+        ids_out[k, :n] = ids
+        mask_out[k, 0, :n, :n] = mask
+        mask_out[k, 0, n:, n:] = True
+    return ids_out, mask_out
+
+
+def fast_batch(
+    builder: PromptBuilder,
+    chosen: list[Sample],
+    users: list[str],
+    rngs: list[np.random.Generator | None],
+    pad_id: int,
+) -> tuple[Batch, torch.Tensor]:
+    """Ours: cached prompt assembly, collate, and the vectorised 4-D mask."""
+    prompts = [builder.build(u, s.history, r) for s, u, r in zip(chosen, users, rngs)]
+    batch = collate(prompts, pad_id)
+    return batch, encoder_mask(batch.node_of_token, batch.parents)
+
+
+# ----------------------------------------------------------------------------- reference search
+
+
+@torch.no_grad()
+def reference_rank(
+    model: Any,
+    builder: PromptBuilder,
+    trie: ItemTrie,
+    users: list[str],
+    histories: list[np.ndarray],
+    seen: list[set[int]] | None,
+    beams: int,
+    device: torch.device,
+) -> np.ndarray:
+    """Constrained beam search one user at a time ([U, beams] items, -1 where fewer).
+
+    Per user: the reference prompt and dense mask, the encoder, then each step the decoder on
+    that user's live beams, candidates listed in Python from a dict trie, sorted, top ``beams``.
+    """
+    model.eval()
+    start = model.config.decoder_start_token_id
+    below = _items_below(trie)
+    out = np.full((len(users), beams), -1, dtype=np.int64)
+    for u, (user, hist) in enumerate(zip(users, histories)):
+        ids, _, mask = reference_sample(builder, user, hist, None)
+        ids_t = torch.tensor([ids], device=device)
+        mask_t = torch.from_numpy(mask)[None, None].to(device)
+        enc = model.get_encoder()(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+        banned = seen[u] if seen is not None else set()
+        # a beam: (score, token list, trie node, finished)
+        live: list[tuple[float, list[int], int, bool]] = [(0.0, [start], 0, False)]
+        for _ in range(trie.depth):
+            todo = [b for b in live if not b[3]]
+            if not todo:
+                break
+            dec = torch.tensor([b[1] for b in todo], device=device)
+            logits = model(
+                encoder_outputs=(enc.expand(len(todo), -1, -1),),
+                attention_mask=torch.ones(len(todo), len(ids), device=device, dtype=torch.long),
+                decoder_input_ids=dec,
+            ).logits[:, -1, :]
+            logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+            cand = [b for b in live if b[3]]
+            for row, (score, toks, node, _) in enumerate(todo):
+                for tok, child in trie.children[node].items():
+                    if below[child] <= banned:
+                        continue
+                    cand.append(
+                        (score + float(logp[row, tok]), [*toks, tok], child, tok == trie.eos_id)
+                    )
+            cand.sort(key=lambda b: -b[0])
+            live = cand[:beams]
+        for k, (_, _, node, _) in enumerate(live):
+            out[u, k] = trie.item_of[node]
+    return out
+
+
+def _items_below(trie: ItemTrie) -> list[frozenset[int]]:
+    """The items in each trie node's subtree (a node is dead when all of them are banned)."""
+    sets: list[set[int]] = [set() for _ in trie.children]
+    for item, path in enumerate(trie.paths):
+        for node in path.tolist():
+            sets[node].add(item)
+    return [frozenset(s) for s in sets]
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 5 ms)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def now() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.005)
+
+    def __enter__(self) -> PeakRSS:
+        gc.collect()
+        self.peak = self.now()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.now())
+
+    @property
+    def mib(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def gpu_peak(device: torch.device, into: dict[str, Any], key: str) -> Iterator[None]:
+    """Peak allocated GPU memory of the block (MiB), only on CUDA."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    yield
+    if device.type == "cuda":
+        into[key] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    sync(device)
+    t = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t
+
+
+# ----------------------------------------------------------------------------- the world
+
+
+def make_recommender(args: argparse.Namespace, device: torch.device) -> KP4SR:
+    """The toy dataset (generated, so the same inputs everywhere), prompts of ``--length``."""
+    cfg = Config(
+        max_length=args.length,
+        hop=2,
+        degree=8,
+        backbone="tiny",
+        dropout=0.0,
+        seed=0,
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        beams=args.beams,
+        device=str(device),
+        workers=args.workers,
+    )
+    ds = toy.generate(seed=0, n_users=args.toy_users) if args.toy_users else toy.generate(seed=0)
+    return KP4SR.create(cfg, dataset=ds)
+
+
+def sample_rngs(n: int, seed: int) -> list[np.random.Generator]:
+    return [np.random.default_rng([seed, i]) for i in range(n)]
+
+
+def bench_prompt_mask(rec: KP4SR, n: int, bs: int) -> dict[str, Any]:
+    """Samples/s of prompt+mask construction, reference and ours, checked identical."""
+    samples = [rec.split.train[i % len(rec.split.train)] for i in range(n)]
+    users = [rec.user_text(s.user) for s in samples]
+    pad = rec.tokenizer.pad_token_id
+    chunks = [range(s, min(n, s + bs)) for s in range(0, n, bs)]
+
+    def run(fn: Callable, builder: PromptBuilder) -> tuple[list, float]:
+        rngs = sample_rngs(n, 7)
+        outs = []
+        t = time.perf_counter()
+        for c in chunks:
+            outs.append(
+                fn(
+                    builder,
+                    [samples[i] for i in c],
+                    [users[i] for i in c],
+                    [rngs[i] for i in c],
+                    pad,
+                )
+            )
+        return outs, time.perf_counter() - t
+
+    res: dict[str, Any] = {"samples": n, "batch_size": bs}
+    fresh = PromptBuilder(
+        rec.tokenizer,
+        rec.texts,
+        rec.codes,
+        rec.dataset.items,
+        rec.dataset.kg,
+        rec.relation_templates,
+        rec.builder.mpp_templates,
+        rec.builder.config,
+    )
+    _, cold = run(fast_batch, fresh)  # a new builder: its caches fill on the way
+    res["ours_cold_samples_per_s"] = round(n / cold, 1)
+    # batch by batch, ours then the reference, so that both see the same machine load
+    rngs_ours, rngs_ref = sample_rngs(n, 7), sample_rngs(n, 7)
+    ours, ref = [], []
+    t_ours = t_ref = 0.0
+    with PeakRSS() as mem:
+        for c in chunks:
+            args = ([samples[i] for i in c], [users[i] for i in c])
+            t = time.perf_counter()
+            ours.append(fast_batch(fresh, *args, [rngs_ours[i] for i in c], pad))
+            t_ours += time.perf_counter() - t
+            t = time.perf_counter()
+            ref.append(reference_batch(fresh, *args, [rngs_ref[i] for i in c], pad))
+            t_ref += time.perf_counter() - t
+    res["peak_rss_mib"] = mem.mib
+    same = all(
+        np.array_equal(b.input_ids.numpy(), ids) and np.array_equal(m.numpy(), mask)
+        for (b, m), (ids, mask) in zip(ours, ref)
+    )
+    lengths = [int((b.node_of_token >= 0).sum()) for b, _ in ours]
+    res.update(
+        reference_samples_per_s=round(n / t_ref, 1),
+        ours_samples_per_s=round(n / t_ours, 1),
+        speedup=round(t_ref / t_ours, 2),
+        identical=bool(same),
+        mean_tokens=round(sum(lengths) / n, 1),
+    )
+    return res
+
+
+def bench_train(
+    rec: KP4SR, size: str, steps: int, bs: int, device: torch.device, workers: int
+) -> dict[str, Any]:
+    """One size: reference (in-loop reference pipeline, eager attention, plain shuffle) against
+    ours (fit's DataLoader over cached prompts with workers, length buckets, SDPA), same
+    optimiser and the same samples. The first step of each is a warm-up, not timed."""
+    from torch.utils.data import DataLoader
+
+    from kp4sr.batching import bucketed_order, estimate_lengths
+    from kp4sr.model import loss
+    from kp4sr.training import _Batches
+
+    tok = rec.tokenizer
+    pad = tok.pad_token_id
+    use_bf16 = device.type == "cuda"
+    res: dict[str, Any] = {"size": size, "steps": steps, "batch_size": bs, "workers": workers}
+    train = rec.split.train
+    n = (steps + 1) * bs
+    base = np.random.default_rng(3).permutation(len(train))
+    t = time.perf_counter()
+    lengths = estimate_lengths(rec.builder, train, rec.user_text)
+    res["length_estimate_seconds"] = round(time.perf_counter() - t, 3)
+    ours_order = bucketed_order(base, lengths, bs, seed=3, epoch=1)[:n]
+    ref_order = ours_order[np.random.default_rng(5).permutation(n)]  # same samples, no buckets
+
+    def new_model(attn: str) -> Any:
+        torch.manual_seed(0)
+        m = build_model(size, len(tok), pad, tok.eos_token_id, dropout=0.1).to(device)
+        m.set_attn_implementation(attn)
+        return m.train()
+
+    def step(model: Any, opt: Any, batch: Batch, mask4d: torch.Tensor | None) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            if mask4d is None:
+                value = loss(model, batch, True)
+            else:
+                enc = model.get_encoder()(input_ids=batch.input_ids, attention_mask=mask4d)
+                value = model(
+                    encoder_outputs=enc,
+                    attention_mask=(batch.node_of_token >= 0).long(),
+                    labels=batch.labels,
+                ).loss
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return value.detach()
+
+    # ours: what fit() runs
+    model = new_model("sdpa")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    rec.builder.warm()
+    loader = DataLoader(
+        _Batches(rec, train, ours_order, 1),
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(0),
+    )
+    wait = tokens = slots = 0.0
+    with PeakRSS() as mem, gpu_peak(device, res, "ours_gpu_peak_mib"):
+        it = iter(loader)
+        run_loss = torch.zeros((), device=device)
+        start = time.perf_counter()
+        for k in range(steps + 1):
+            t0 = time.perf_counter()
+            batch, _ = next(it)
+            t1 = time.perf_counter()
+            if k:
+                wait += t1 - t0
+                tokens += float((batch.node_of_token >= 0).sum())
+                slots += batch.input_ids.numel()
+            run_loss += step(model, opt, batch.to(device), None)
+            if k == 0:
+                sync(device)
+                start = time.perf_counter()
+        sync(device)
+        total = time.perf_counter() - start
+        del it
+    res.update(
+        ours_samples_per_s=round(steps * bs / total, 2),
+        ours_tokens_per_s=round(tokens / total, 1),
+        ours_data_share=round(wait / total, 4),
+        ours_padding_share=round(1 - tokens / slots, 4),
+        ours_peak_rss_mib=mem.mib,
+        ours_mean_loss=round(float(run_loss) / (steps + 1), 4),
+    )
+    del model, opt, loader
+    gc.collect()
+
+    # reference: batches built in the loop by the reference pipeline, eager attention
+    model = new_model("eager")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    wait = tokens = slots = 0.0
+    with PeakRSS() as mem, gpu_peak(device, res, "reference_gpu_peak_mib"):
+        start = time.perf_counter()
+        for k in range(steps + 1):
+            t0 = time.perf_counter()
+            chosen = [train[i] for i in ref_order[k * bs : (k + 1) * bs]]
+            users = [rec.user_text(s.user) for s in chosen]
+            ids, mask = reference_batch(rec.builder, chosen, users, sample_rngs(bs, k), pad)
+            targets = [rec.target_tokens(s.target) for s in chosen]
+            lab = np.full((bs, max(len(x) for x in targets)), -100, dtype=np.int64)
+            for r, x in enumerate(targets):
+                lab[r, : len(x)] = x
+            node = np.where(ids != pad, 0, -2)  # only the padding mark is used (cross-attention)
+            batch = Batch(
+                torch.from_numpy(ids), torch.from_numpy(node), torch.zeros(1), torch.from_numpy(lab)
+            ).to(device)
+            mask_t = torch.from_numpy(mask).to(device)
+            t1 = time.perf_counter()
+            if k:
+                wait += t1 - t0
+                tokens += float((ids != pad).sum())
+                slots += ids.size
+            step(model, opt, batch, mask_t)
+            if k == 0:
+                sync(device)
+                start = time.perf_counter()
+        sync(device)
+        total = time.perf_counter() - start
+    res.update(
+        reference_samples_per_s=round(steps * bs / total, 2),
+        reference_tokens_per_s=round(tokens / total, 1),
+        reference_data_share=round(wait / total, 4),
+        reference_padding_share=round(1 - tokens / slots, 4),
+        reference_peak_rss_mib=mem.mib,
+    )
+    res["speedup"] = round(res["ours_samples_per_s"] / res["reference_samples_per_s"], 2)
+    del model, opt
+    gc.collect()
+    return res
+
+
+def bench_attention(
+    rec: KP4SR, size: str, bs: int, device: torch.device, reps: int
+) -> dict[str, Any]:
+    """Forward+backward time of one batch under each attention implementation, same mask and
+    weights; losses must agree. On CUDA, flex_attention with a block mask when it runs."""
+    from kp4sr.model import loss
+
+    tok = rec.tokenizer
+    chosen = rec.split.train[:bs]
+    prompts = [rec.prompt(s, np.random.default_rng(i)) for i, s in enumerate(chosen)]
+    batch = collate(prompts, tok.pad_token_id, [rec.target_tokens(s.target) for s in chosen]).to(
+        device
+    )
+    use_bf16 = device.type == "cuda"
+    out: dict[str, Any] = {}
+    impls = ["eager", "sdpa"] + (["flex_attention"] if device.type == "cuda" else [])
+    for impl in impls:
+        torch.manual_seed(0)
+        model = build_model(size, len(tok), tok.pad_token_id, tok.eos_token_id, dropout=0.0)
+        model = model.to(device).train()
+        try:
+            model.set_attn_implementation(impl)
+
+            def once(m: Any = model) -> float:
+                m.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    value = loss(m, batch, True)
+                value.backward()
+                return float(value.detach())
+
+            once()
+            value, secs = timed(lambda: [once() for _ in range(reps)][-1], device)
+            out[impl] = {"seconds_per_step": round(secs / reps, 4), "loss": round(value, 5)}
+        except Exception as e:  # flex_attention may be unavailable: record why and go on
+            out[impl] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        del model
+        gc.collect()
+    return out
+
+
+def bench_eval(rec: KP4SR, n_users: int, beams: int, device: torch.device) -> dict[str, Any]:
+    """Users/s of 20-beam constrained search: reference (per user) against ``KP4SR.rank``."""
+    samples = rec.split.test[:n_users]
+    users = [s.user for s in samples]
+    texts = [rec.user_text(u) for u in users]
+    hist = [s.history for s in samples]
+    seen = [rec.seen_items(s) for s in samples]
+    res: dict[str, Any] = {"users": len(samples), "beams": beams}
+    rec.model.eval()
+    rec.rank(users[:2], hist[:2], seen[:2], beams=beams)  # warm-up
+    bs = rec.config.eval_batch_size
+    items, ref = [], []
+    t_ours = t_ref = 0.0
+    peak_ours = peak_ref = 0.0
+    for s in range(0, len(samples), bs):  # batch by batch, ours then the reference
+        part = slice(s, s + bs)
+        with PeakRSS() as mem, gpu_peak(device, res, "ours_gpu_peak_mib"):
+            r, t = timed(lambda p=part: rec.rank(users[p], hist[p], seen[p], beams=beams), device)
+        items.append(r.items)
+        t_ours, peak_ours = t_ours + t, max(peak_ours, mem.mib)
+        with PeakRSS() as mem, gpu_peak(device, res, "reference_gpu_peak_mib"):
+            r, t = timed(
+                lambda p=part: reference_rank(
+                    rec.model, rec.builder, rec.trie, texts[p], hist[p], seen[p], beams, device
+                ),
+                device,
+            )
+        ref.append(r)
+        t_ref, peak_ref = t_ref + t, max(peak_ref, mem.mib)
+    ours_items, ref_items = np.concatenate(items), np.concatenate(ref)
+    res["ours_peak_rss_mib"], res["reference_peak_rss_mib"] = peak_ours, peak_ref
+    res.update(
+        reference_users_per_s=round(len(samples) / t_ref, 2),
+        ours_users_per_s=round(len(samples) / t_ours, 2),
+        speedup=round(t_ref / t_ours, 2),
+        identical_topk=bool(np.array_equal(ours_items, ref_items)),
+        differing_users=int((ours_items != ref_items).any(axis=1).sum()),
+    )
+    return res
+
+
+def spread_scores(rec: KP4SR, scale: float) -> None:
+    """A random model's item scores are nearly tied; scaling the output layer spreads them so
+    that "identical top-k" is a meaningful check rather than a coin toss between ties."""
+    with torch.no_grad():
+        rec.model.lm_head.weight.mul_(scale)
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, {gpu}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def table(r: dict[str, Any]) -> str:
+    """The short Markdown table of the ratios."""
+    rows = ["| figure | reference | ours | ours / reference |", "|---|---|---|---|"]
+    p = r["prompt_mask"]
+    rows.append(
+        f"| prompt+mask construction, samples/s ({p['mean_tokens']:.0f} tokens/sample) | "
+        f"{p['reference_samples_per_s']} | {p['ours_samples_per_s']} | **{p['speedup']}x** |"
+    )
+    for size, t in r["train"].items():
+        rows.append(
+            f"| training {size}, samples/s | {t['reference_samples_per_s']} | "
+            f"{t['ours_samples_per_s']} | **{t['speedup']}x** |"
+        )
+        rows.append(
+            f"| training {size}, real tokens/s | {t['reference_tokens_per_s']} | "
+            f"{t['ours_tokens_per_s']} | "
+            f"{t['ours_tokens_per_s'] / max(t['reference_tokens_per_s'], 1e-9):.2f}x |"
+        )
+        rows.append(
+            f"| training {size}, time waiting on data | {t['reference_data_share']:.1%} | "
+            f"{t['ours_data_share']:.1%} | |"
+        )
+    e = r["eval"]
+    rows.append(
+        f"| evaluation, users/s ({e['beams']} beams, {e['users']} users) | "
+        f"{e['reference_users_per_s']} | {e['ours_users_per_s']} | **{e['speedup']}x** |"
+    )
+    rows.append(
+        f"| peak RSS, evaluation (MiB) | {e['reference_peak_rss_mib']} | "
+        f"{e['ours_peak_rss_mib']} | |"
+    )
+    for size, t in r["train"].items():
+        rows.append(
+            f"| peak RSS, training {size} (MiB) | {t['reference_peak_rss_mib']} | "
+            f"{t['ours_peak_rss_mib']} | |"
+        )
+        if "ours_gpu_peak_mib" in t:
+            rows.append(
+                f"| peak GPU memory, training {size} (MiB) | {t['reference_gpu_peak_mib']} | "
+                f"{t['ours_gpu_peak_mib']} | |"
+            )
+    return "\n".join(rows)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes: about a minute on 2 cores")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    ap.add_argument("--sizes", default=None, help="model sizes to train (default tiny,t5-small)")
+    ap.add_argument("--length", type=int, default=512, help="max prompt length in tokens")
+    ap.add_argument("--out", default=None, help="folder for results.json and results.md")
+    ap.add_argument("--samples", type=int, default=None, help="prompt+mask samples")
+    ap.add_argument("--steps", type=int, default=None, help="timed training steps per size")
+    ap.add_argument("--batch-size", type=int, default=None, help="training batch size")
+    ap.add_argument("--users", type=int, default=None, help="users for the evaluation figure")
+    ap.add_argument("--beams", type=int, default=20)
+    ap.add_argument("--eval-batch-size", type=int, default=None, help="users per beam search")
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (ours)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--toy-users", type=int, default=0, help="toy dataset users (0: default)")
+    ap.add_argument("--attention", action="store_true", help="also time eager/SDPA(/flex)")
+    ap.add_argument(
+        "--attention-only", action="store_true", help="only time eager/SDPA(/flex) per size"
+    )
+    args = ap.parse_args(argv)
+    cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    defaults = dict(  # (quick, full) on CPU; on a GPU the full sizes
+        samples=(128, 1024),
+        steps=(2, 3),
+        batch_size=(8, 8),
+        users=(16, 128),
+        eval_batch_size=(16, 32),
+        workers=(1, 1),
+    )
+    for key, (quick, full) in defaults.items():
+        if getattr(args, key) is None:
+            value = quick if args.quick else full
+            if cuda and key == "batch_size":
+                value = 32
+            if cuda and key == "steps":
+                value = 20
+            if cuda and key == "users":
+                value = 256
+            if cuda and key == "eval_batch_size":
+                value = 64
+            if cuda and key == "workers":
+                value = min(4, max(1, (os.cpu_count() or 2) - 1))
+            setattr(args, key, value)
+    if args.sizes is None:
+        args.sizes = "tiny" if args.quick else "tiny,t5-small"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    rec = make_recommender(args, device)
+    results: dict[str, Any] = {
+        "machine": machine(device),
+        "device": str(device),
+        "length": args.length,
+        "command": " ".join(
+            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
+        ),
+    }
+    print(f"machine: {results['machine']}", flush=True)
+    out = args.out or os.environ.get("OUT")
+    if args.attention_only:  # its own process: a failing kernel cannot spoil the main figures
+        results["attention"] = {
+            size: bench_attention(rec, size, args.batch_size, device, 3)
+            for size in args.sizes.split(",")
+            if size
+        }
+        print(json.dumps(results["attention"]))
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / "attention.json").write_text(json.dumps(results, indent=2))
+        return 0
+    results["prompt_mask"] = bench_prompt_mask(rec, args.samples, 32)
+    print(f"prompt+mask: {results['prompt_mask']}", flush=True)
+    spread_scores(rec, 30.0)
+    results["eval"] = bench_eval(rec, args.users, args.beams, device)
+    print(f"eval: {results['eval']}", flush=True)
+    results["train"] = {}
+    for size in [s for s in args.sizes.split(",") if s]:
+        r = bench_train(rec, size, args.steps, args.batch_size, device, args.workers)
+        results["train"][size] = r
+        print(f"train {size}: {r}", flush=True)
+        if args.attention:
+            r["attention"] = bench_attention(rec, size, args.batch_size, device, 2)
+            print(f"attention {size}: {r['attention']}", flush=True)
+    results["seconds"] = round(time.perf_counter() - t_start, 1)
+    summary = {
+        "prompt_mask_speedup": results["prompt_mask"]["speedup"],
+        "prompt_mask_identical": results["prompt_mask"]["identical"],
+        "eval_speedup": results["eval"]["speedup"],
+        "eval_identical_topk": results["eval"]["identical_topk"],
+        **{f"train_speedup_{s}": t["speedup"] for s, t in results["train"].items()},
+        **{f"train_data_share_{s}": t["ours_data_share"] for s, t in results["train"].items()},
+        "device": str(device),
+        "seconds": results["seconds"],
+    }
+    results["summary"] = summary
+    text = table(results)
+    print(text)
+    if out:
+        path = Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "results.json").write_text(json.dumps(results, indent=2))
+        (path / "results.md").write_text(
+            f"# Speed: ours against a plain reference\n\n{text}\n\nMachine: {results['machine']}"
+            f"\n\nCommand: `{results['command']}`\n"
+        )
+    print(json.dumps(summary), flush=True)
+    return 0 if math.isfinite(summary["eval_speedup"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Validated reading of the files of a run folder and of a dataset snapshot.
+
+A run folder is shared between people and machines, copied, half-synced and hand-edited, so
+every file is checked when it is read: a missing, truncated or hand-broken file, or one that
+does not match the others (a config whose shapes are not those of the weights, item numbers
+that are not those of the tokenizer), is a :class:`~kp4sr.errors.DataError` naming the file,
+never a traceback from inside numpy, torch or transformers later on. Only JSON and safetensors
+are read: nothing is unpickled or evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import string
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kp4sr.errors import DataError, KP4SRError
+from kp4sr.templates import check_template
+
+MPP_FIELDS = frozenset({"user", "history", "mask"})
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON file of a run folder; every way it can be unreadable names the file."""
+    if not path.is_file():
+        raise DataError(f"missing from the run folder ({what})", path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise DataError(f"cannot read the file: {e.strerror or e}", path) from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"corrupted: not UTF-8 text (byte {e.start})", path) from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"corrupted: not valid JSON ({e.msg})", path, e.lineno) from None
+    except RecursionError:
+        raise DataError("corrupted: JSON nested too deeply", path) from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind_ok(value: Any, kind: str) -> bool:
+    """Whether a JSON value fits a dataclass field annotation such as ``int`` or ``str | None``."""
+    kinds = [k.strip() for k in kind.split("|")]
+    if value is None:
+        return "None" in kinds
+    return (
+        ("bool" in kinds and isinstance(value, bool))
+        or ("int" in kinds and _is_int(value))
+        or ("float" in kinds and (_is_int(value) or isinstance(value, float)))
+        or ("str" in kinds and isinstance(value, str))
+    )
+
+
+def check_config(value: Any, cls: type, path: Path) -> dict[str, Any]:
+    """The options of ``config.json``: a JSON object whose values have the fields' types.
+
+    An absent option takes its default, so run folders of an older kp4sr still load; an
+    unknown one is an error (a newer kp4sr's option, or a typo in a hand edit).
+    """
+    if not isinstance(value, dict):
+        raise DataError("expected a JSON object of options", path)
+    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise DataError(f"unknown option(s) {', '.join(map(repr, unknown))}", path)
+    for name, v in value.items():
+        kind = fields.get(name)
+        if kind is not None and not _kind_ok(v, kind):
+            raise DataError(f"option {name!r} must be {kind}, found {v!r}", path)
+    return value
+
+
+def check_numbers(value: Any, n_items: int, path: Path) -> np.ndarray:
+    """``items.json``'s item numbers: a permutation of 1..N, one per item of the snapshot."""
+    numbers = value.get("numbers") if isinstance(value, dict) else None
+    if not isinstance(numbers, list) or not all(_is_int(n) for n in numbers):
+        raise DataError('expected {"numbers": [integers]}', path)
+    if len(numbers) != n_items:
+        raise DataError(
+            f"{len(numbers)} item numbers for the {n_items} items of the dataset snapshot", path
+        )
+    if sorted(numbers) != list(range(1, n_items + 1)):
+        raise DataError(f"item numbers must be 1..{n_items}, each once", path)
+    return np.asarray(numbers, dtype=np.int64)
+
+
+def check_mpp_template(template: Any, path: Path) -> str:
+    """An MPP template fills ``{user}``, ``{history}`` and ``{mask}``, and nothing else."""
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except (ValueError, TypeError):
+        names = None
+    if names is None or not names <= MPP_FIELDS or "mask" not in names:
+        raise DataError(
+            "an MPP template must be text with {mask} and only {user}, {history}, {mask} "
+            f"as fields, found {template!r}",
+            path,
+        )
+    return template
+
+
+def check_saved_templates(
+    value: Any, path: Path, needed: list[str]
+) -> tuple[dict[str, str], list[str]]:
+    """``templates.json``: ``{"relations": {relation: template}, "mpp": [templates]}``, with a
+    template for each of the ``needed`` relations (those of the snapshot's KG)."""
+    if not isinstance(value, dict):
+        raise DataError('expected {"relations": {...}, "mpp": [...]}', path)
+    relations, mpp = value.get("relations"), value.get("mpp")
+    if not isinstance(relations, dict):
+        raise DataError('expected "relations": {relation: template}', path)
+    if not isinstance(mpp, list) or not mpp:
+        raise DataError('expected "mpp": a non-empty list of templates', path)
+    rel = {r: check_template(r, t, path) for r, t in relations.items()}
+    missing = sorted(set(needed) - set(rel))
+    if missing:
+        raise DataError(f"no template for relation(s) {', '.join(map(repr, missing))}", path)
+    return rel, [check_mpp_template(t, path) for t in mpp]
+
+
+def _text_list(meta: Mapping[str, Any], key: str, path: Path, nullable: bool = False) -> list:
+    value = meta.get(key)
+    ok = isinstance(value, list) and all(
+        isinstance(v, str) or (nullable and v is None) for v in value
+    )
+    if not ok:
+        kind = "text or null" if nullable else "text"
+        raise DataError(f"expected {key!r}: a list of {kind}", path)
+    return value
+
+
+def _index_array(arrays: Mapping[str, np.ndarray], key: str, bound: int, path: Path) -> np.ndarray:
+    """A 1-D integer array whose values index a list of ``bound`` entries."""
+    a = arrays.get(key)
+    if a is None:
+        raise DataError(f"missing array {key!r}", path)
+    if a.ndim != 1 or a.dtype.kind not in "iu":
+        raise DataError(f"array {key!r} must be 1-D integers, found {a.dtype} {a.shape}", path)
+    if len(a) and (int(a.min()) < 0 or int(a.max()) >= bound):
+        raise DataError(f"array {key!r} holds indices outside 0..{bound - 1}", path)
+    return a.astype(np.int64, copy=False)
+
+
+def check_snapshot(
+    meta: Any, arrays: Mapping[str, np.ndarray], meta_path: Path, arr_path: Path
+) -> dict[str, Any]:
+    """Check that ``dataset.json`` and ``dataset.safetensors`` describe one consistent dataset.
+
+    Returns the checked pieces: lists from the JSON and int64 arrays, sequences already split.
+    """
+    if not isinstance(meta, dict):
+        raise DataError("expected a JSON object", meta_path)
+    for key in ("name", "domain"):
+        if not isinstance(meta.get(key), str):
+            raise DataError(f"expected {key!r}: text", meta_path)
+    users = _text_list(meta, "users", meta_path)
+    items = _text_list(meta, "items", meta_path)
+    titles = _text_list(meta, "titles", meta_path, nullable=True)
+    entities = _text_list(meta, "kg_entities", meta_path)
+    names = _text_list(meta, "kg_names", meta_path, nullable=True)
+    relations = _text_list(meta, "kg_relations", meta_path)
+    if len(titles) != len(items) or len(names) != len(entities):
+        raise DataError("titles/kg_names do not match items/kg_entities in length", meta_path)
+    for key in ("skipped", "templates"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise DataError(f"expected {key!r}: a JSON object", meta_path)
+    lengths = _index_array(arrays, "seq_lengths", 2**62, arr_path)
+    seq_items = _index_array(arrays, "seq_items", len(items), arr_path)
+    if len(lengths) != len(users) or int(lengths.sum()) != len(seq_items):
+        raise DataError("sequence arrays do not match the users in dataset.json", arr_path)
+    kg = [
+        _index_array(arrays, "kg_heads", len(entities), arr_path),
+        _index_array(arrays, "kg_rels", len(relations), arr_path),
+        _index_array(arrays, "kg_tails", len(entities), arr_path),
+    ]
+    if len({len(a) for a in kg}) != 1:
+        raise DataError("kg_heads, kg_rels and kg_tails differ in length", arr_path)
+    sequences = np.split(seq_items, np.cumsum(lengths)[:-1]) if len(lengths) else []
+    return {
+        "users": users,
+        "items": items,
+        "titles": titles,
+        "entities": entities,
+        "names": names,
+        "relations": relations,
+        "sequences": list(sequences),
+        "kg": kg,
+    }
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """A safetensors file as numpy arrays; missing, truncated or corrupt names the file."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    if not path.is_file():
+        raise DataError("missing from the run folder", path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, TypeError, MemoryError) as e:
+        raise DataError(f"corrupted safetensors file ({e})", path) from None
+
+
+def load_t5(model_dir: Path, vocab_size: int, exact: bool) -> Any:
+    """The run's T5 from ``model/``: every weight present, with the shape its config says.
+
+    ``from_pretrained`` alone would fill missing weights with random values and only warn,
+    which would serve a broken model; here that, like a truncated file or a config whose
+    shapes are not those of the weights, is a DataError naming the folder. ``vocab_size`` is
+    the tokenizer's: the embeddings must have a row for each of its tokens (``exact``: and no
+    more, as for a model built from scratch on that tokenizer).
+    """
+    from safetensors import SafetensorError
+    from transformers import T5ForConditionalGeneration
+
+    config_path, weights = model_dir / "config.json", model_dir / "model.safetensors"
+    for path in (config_path, weights):
+        if not path.is_file():
+            raise DataError("missing from the run folder", path)
+    _check_model_config(read_json(config_path, "the model's configuration"), config_path, weights)
+    try:
+        model, info = T5ForConditionalGeneration.from_pretrained(
+            str(model_dir),
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # report every mismatch below, by name
+            use_safetensors=True,  # never a pickled pytorch_model.bin placed beside it
+        )
+    except SafetensorError as e:
+        raise DataError(f"corrupted safetensors file ({e})", weights) from None
+    except RuntimeError as e:
+        raise DataError(
+            f"the weights do not have the shapes of config.json ({_first_line(e)})", model_dir
+        ) from None
+    except Exception as e:  # noqa: BLE001 - a hand-edited config fails in many library ways
+        raise DataError(f"cannot load the model ({_first_line(e)})", model_dir) from None
+    for key, what in (
+        ("missing_keys", "weights missing from model.safetensors"),
+        ("unexpected_keys", "weights in model.safetensors that config.json has no place for"),
+        ("mismatched_keys", "weights whose shape differs from config.json"),
+    ):
+        found = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(key, ()))
+        if found:
+            more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+            raise DataError(f"{what}: {', '.join(found[:3])}{more}", model_dir)
+    rows = model.get_input_embeddings().num_embeddings
+    if rows < vocab_size or (exact and rows != vocab_size):
+        raise DataError(
+            f"the model has {rows} token embeddings but the run's tokenizer has {vocab_size} "
+            "tokens: model/ and tokenizer/ come from different runs",
+            model_dir,
+        )
+    return model
+
+
+def _weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor, from the safetensors header alone (nothing is loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="np") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise DataError(f"corrupted safetensors file ({e})", weights) from None
+
+
+def _check_model_config(cfg: Any, config_path: Path, weights: Path) -> None:
+    """The model's config.json has the sizes of the weights in model.safetensors.
+
+    Checked from the header before the model is built, so a config broken by hand never makes
+    transformers build (and fill at random) a model of some other, possibly huge, size.
+    """
+    if not isinstance(cfg, dict):
+        raise DataError("expected a JSON object (a T5 configuration)", config_path)
+    shapes = _weight_shapes(weights)
+    emb = shapes.get("shared.weight")
+    if emb is None or len(emb) != 2:
+        raise DataError("no 2-D 'shared.weight': not the weights of a T5 model", weights)
+    blocks = {
+        side: len({k.split(".")[2] for k in shapes if k.startswith(f"{side}.block.")})
+        for side in ("encoder", "decoder")
+    }
+    decoder_key = (
+        "num_decoder_layers" if cfg.get("num_decoder_layers") is not None else "num_layers"
+    )
+    for key, want in (
+        ("vocab_size", emb[0]),
+        ("d_model", emb[1]),
+        ("num_layers", blocks["encoder"]),
+        (decoder_key, blocks["decoder"]),
+    ):
+        have = cfg.get(key)
+        if not _is_int(have) or have != want:
+            raise DataError(
+                f"{key} is {have!r} but model.safetensors holds {want}: the config does not "
+                "describe these weights",
+                config_path,
+            )
+
+
+def load_run_tokenizer(folder: Path) -> Any:
+    """The run's tokenizer; a missing or hand-broken ``tokenizer.json`` names the file."""
+    from kp4sr.tokenization import load_tokenizer
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise DataError("missing from the run folder", path)
+    read_json(path, "the tokenizer")
+    settings = folder / "tokenizer_config.json"
+    if settings.is_file() and not isinstance(read_json(settings, "tokenizer settings"), dict):
+        raise DataError("expected a JSON object of tokenizer settings", settings)
+    try:
+        tokenizer = load_tokenizer(folder)
+        # one encode and the special tokens: a broken setting fails here, named, not later
+        tokenizer.encode("User 1 has watched 2 , 3 .", add_special_tokens=False)
+        if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+            raise ValueError("no pad or end-of-sequence token")
+        len(tokenizer)
+    except KP4SRError as e:
+        raise DataError(str(e), folder) from None
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises bare Exception
+        raise DataError(f"cannot load the tokenizer ({_first_line(e)})", folder) from None
+    return tokenizer
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    return lines[0] if lines else type(e).__name__
