@@ -157,9 +157,12 @@ class Adjacency:
             new = np.ones(len(g), dtype=bool)
             new[1:] = g[1:] != g[:-1]
             rank = np.arange(len(g)) - np.maximum.accumulate(np.where(new, np.arange(len(g)), 0))
-            rel_key = rng.random(m * self.max_rel)[g]  # a random relation order per entity
-            edge, seg = edge[order], seg[order]
-            final = np.lexsort((rel_key, rank, seg))
+            rel_key = rng.random(m * self.max_rel)  # a random relation order per entity
+            # round robin takes at most `degree` edges of a relation: drop the rest before the
+            # final sort (a genre can have hundreds of edges, the frontier thousands)
+            few = rank < degree
+            edge, seg, g, rank = edge[order][few], seg[order][few], g[few], rank[few]
+            final = np.lexsort((rel_key[g], rank, seg))
             edge, seg = edge[final], seg[final]
         n_seg = np.bincount(seg, minlength=m)
         rank = np.arange(len(seg)) - np.repeat(np.cumsum(n_seg) - n_seg, n_seg)

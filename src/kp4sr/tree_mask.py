@@ -55,21 +55,24 @@ def tree_visibility(node_of_token: torch.Tensor, parent_of_token: torch.Tensor) 
 
 
 def _tree_visibility_rows(node_of_token: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
-    """[B, L, L] on a CPU, row by row: every token of a node has the same row, so each sample's
-    mask is its per-node rows ([n_nodes + 1, L], the same three comparisons) gathered by the
-    tokens' node ids — one row copy per token instead of three L x L comparisons."""
+    """[B, L, L] on a CPU from the node-level rule: the three comparisons on the tree's nodes
+    ([n_nodes + 1]^2, the extra node standing for padding), then each sample's mask gathered
+    from that small table by the tokens' node ids (columns, then rows). The same rule as
+    :func:`tree_visibility`, since it depends on tokens only through their nodes."""
     b, length = node_of_token.shape
-    n_all = node_of_token.numpy()
-    p_all = token_parents(node_of_token, parents).numpy()
-    par_all = parents.numpy()
-    n_nodes = par_all.shape[1]
-    node_id = np.append(np.arange(n_nodes), PAD_NODE)  # the extra row: padding's
+    n_nodes = parents.shape[1]
+    node_par = np.concatenate(  # [B, N+1]: the padding node's parent is PAD_PARENT
+        [parents.numpy(), np.full((b, 1), PAD_PARENT, dtype=np.int64)], 1
+    )
+    node_id = np.append(np.arange(n_nodes), PAD_NODE)  # [N+1]
+    p_a, p_b = node_par[:, :, None], node_par[:, None, :]
+    vis = (p_a == p_b) | (p_b == node_id[:, None]) | (node_id[None, :] == p_a)  # [B, N+1, N+1]
+    n = node_of_token.numpy()
+    row_of_token = np.where(n < 0, n_nodes, n)  # [B, L]
     out = np.empty((b, length, length), dtype=bool)
     for k in range(b):  # a loop over samples, never over tokens
-        n_j, p_j = n_all[k][None, :], p_all[k][None, :]
-        node_par = np.append(par_all[k], PAD_PARENT)[:, None]
-        rows = (node_par == p_j) | (p_j == node_id[:, None]) | (n_j == node_par)
-        np.take(rows, np.where(n_all[k] < 0, n_nodes, n_all[k]), axis=0, out=out[k])
+        cols = np.take(vis[k], row_of_token[k], axis=1, mode="clip")  # [N+1, L]
+        np.take(cols, row_of_token[k], axis=0, out=out[k], mode="clip")
     return torch.from_numpy(out)
 
 
