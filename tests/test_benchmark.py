@@ -121,3 +121,34 @@ def test_merge_results_from_two_machines(tmp_path):
     md = (out / "results.md").read_text()
     assert "- sasrec: cpu box" in md and "- kp4sr-no-knowledge: gpu box" in md
     assert "| kp4sr-no-knowledge | 1 | 0.2000 |" in md
+
+
+def test_merge_results_recovers_rows_from_printed_logs(tmp_path):
+    """When only a remote run's logs come back, its rows are read from the printed tables."""
+    merge = _load_script("merge_results.py")
+    log = "\n".join(
+        [
+            "epoch 2: loss 3.4  valid HR@10 0.06  NDCG@10 0.03",
+            "| | HR@5 | HR@10 | HR@20 | NDCG@5 | NDCG@10 | NDCG@20 | MRR | users |",
+            "|---|---|---|---|---|---|---|---|---|",
+            "| valid | 0.1 | 0.2 | 0.3 | 0.05 | 0.06 | 0.07 | 0.04 | 943 |",
+            "| test | 0.11 | 0.21 | 0.31 | 0.051 | 0.061 | 0.071 | 0.041 | 943 |",
+            "| | valid NDCG@10 | HR@5 | HR@10 | NDCG@5 | NDCG@10 | MRR | users | train s | best |",
+            "| no-tree-mask | 0.06 | 0.11 | 0.21 | 0.051 | 0.061 | 0.041 | 943 | 12.5 | 4 |",
+            "Machine: some GPU box",
+            "Command: `python benchmarks/ml100k.py --variants no-tree-mask --seed 2`",
+        ]
+    )
+    (tmp_path / "no-tree-mask-seed2.log").write_text(log)
+    (tmp_path / "kp4sr-seed0.log").write_text("epoch 1: loss 9\n")  # died: no table, skipped
+    rows = merge.rows_from_logs(tmp_path)
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["model"], row["seed"], row["NDCG@10"], row["users"]) == (
+        "kp4sr-no-tree-mask",
+        2,
+        0.061,
+        943,
+    )
+    assert row["valid"]["NDCG@10"] == 0.06 and row["train_seconds"] == 12.5
+    assert row["best_epoch"] == 4 and row["machine"] == "some GPU box"
