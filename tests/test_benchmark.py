@@ -152,3 +152,15 @@ def test_merge_results_recovers_rows_from_printed_logs(tmp_path):
     )
     assert row["valid"]["NDCG@10"] == 0.06 and row["train_seconds"] == 12.5
     assert row["best_epoch"] == 4 and row["machine"] == "some GPU box"
+
+
+def test_benchmark_seeds_start_at_the_config_seed(tmp_path):
+    """``--seed 3 --seeds 2`` runs seeds 3 and 4, so seeds can be split across processes."""
+    from kp4sr import toy
+    from kp4sr.benchmark import run_benchmark
+    from kp4sr.recommender import Config
+
+    ds = toy.generate(seed=1, n_users=60, n_items=40)
+    rows = run_benchmark(ds, Config(seed=3), tmp_path, seeds=2, models=("pop",), progress=False)
+    assert [(r["model"], r["seed"]) for r in rows] == [("pop", 3), ("pop", 4)]
+    assert all(r["machine"] for r in rows)
