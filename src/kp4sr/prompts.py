@@ -152,7 +152,9 @@ class Adjacency:
         edge, seg = edge[keep], seg[keep]
         if rng is not None and len(edge):
             group = seg * self.max_rel + self.local_rel[edge]
-            order = np.lexsort((rng.random(len(edge)), group))  # shuffled within each relation
+            # shuffled within each relation: one sort on the group plus a random fraction
+            # (the same order as sorting by group, then by the random number)
+            order = np.argsort(group + rng.random(len(edge)))
             g = group[order]
             new = np.ones(len(g), dtype=bool)
             new[1:] = g[1:] != g[:-1]
@@ -162,7 +164,8 @@ class Adjacency:
             # final sort (a genre can have hundreds of edges, the frontier thousands)
             few = rank < degree
             edge, seg, g, rank = edge[order][few], seg[order][few], g[few], rank[few]
-            final = np.lexsort((rel_key[g], rank, seg))
+            # by entity, then round (rank), then the random relation order — one sort again
+            final = np.argsort((seg * degree + rank) + rel_key[g])
             edge, seg = edge[final], seg[final]
         n_seg = np.bincount(seg, minlength=m)
         rank = np.arange(len(seg)) - np.repeat(np.cumsum(n_seg) - n_seg, n_seg)
