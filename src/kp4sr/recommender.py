@@ -152,15 +152,8 @@ class KP4SR:
         self.relation_templates = relation_templates
         self.texts = item_texts(numbers, config.item_tokens)
         self.codes = ItemCodes.build(tokenizer, self.texts)
-        self.builder = PromptBuilder(
-            tokenizer,
-            self.texts,
-            self.codes,
-            dataset.items,
-            dataset.kg,
-            relation_templates,
-            mpp_templates(dataset.domain),
-            PromptConfig(config.hop, config.degree, config.max_length, config.knowledge),
+        self.builder = self.new_builder(
+            PromptConfig(config.hop, config.degree, config.max_length, config.knowledge)
         )
         self.trie = ItemTrie(self.codes, tokenizer.eos_token_id)
         self.device = resolve_device(config.device)
@@ -170,6 +163,20 @@ class KP4SR:
         self._user_index = {x: i for i, x in enumerate(dataset.users)}
 
     # -- construction ---------------------------------------------------------------------
+    def new_builder(self, config: PromptConfig | None = None) -> PromptBuilder:
+        """A prompt builder of this run with empty caches (``config``: other hop, degree,
+        length or knowledge switch than the run's), e.g. to time or compare prompt variants."""
+        return PromptBuilder(
+            self.tokenizer,
+            self.texts,
+            self.codes,
+            self.dataset.items,
+            self.dataset.kg,
+            self.relation_templates,
+            mpp_templates(self.dataset.domain),
+            config or self.builder.config,
+        )
+
     @classmethod
     def create(cls, config: Config, dataset: Dataset | None = None) -> KP4SR:
         """A fresh, untrained recommender for ``config`` (loads the dataset unless given)."""
