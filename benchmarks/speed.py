@@ -410,6 +410,19 @@ def bench_prompt_mask(rec: KP4SR, n: int, bs: int) -> dict[str, Any]:
     return res
 
 
+def _train_figures(
+    who: str, samples: int, tokens: int, slots: int, wait: float, total: float, rss: float
+) -> dict[str, float]:
+    """The training figures of one side (``ours`` or ``reference``) over ``total`` seconds."""
+    return {
+        f"{who}_samples_per_s": round(samples / total, 2),
+        f"{who}_tokens_per_s": round(tokens / total, 1),
+        f"{who}_data_share": round(wait / total, 4),
+        f"{who}_padding_share": round(1 - tokens / slots, 4),
+        f"{who}_peak_rss_mib": rss,
+    }
+
+
 def bench_train(
     rec: KP4SR, size: str, steps: int, bs: int, device: torch.device, workers: int
 ) -> dict[str, Any]:
@@ -489,14 +502,8 @@ def bench_train(
         sync(device)
         total = time.perf_counter() - start
         del it
-    res.update(
-        ours_samples_per_s=round(steps * bs / total, 2),
-        ours_tokens_per_s=round(tokens / total, 1),
-        ours_data_share=round(wait / total, 4),
-        ours_padding_share=round(1 - tokens / slots, 4),
-        ours_peak_rss_mib=mem.mib,
-        ours_mean_loss=round(float(run_loss) / (steps + 1), 4),
-    )
+    res.update(_train_figures("ours", steps * bs, tokens, slots, wait, total, mem.mib))
+    res["ours_mean_loss"] = round(float(run_loss) / (steps + 1), 4)
     del model, opt, loader
     gc.collect()
 
@@ -531,13 +538,7 @@ def bench_train(
                 start = time.perf_counter()
         sync(device)
         total = time.perf_counter() - start
-    res.update(
-        reference_samples_per_s=round(steps * bs / total, 2),
-        reference_tokens_per_s=round(tokens / total, 1),
-        reference_data_share=round(wait / total, 4),
-        reference_padding_share=round(1 - tokens / slots, 4),
-        reference_peak_rss_mib=mem.mib,
-    )
+    res.update(_train_figures("reference", steps * bs, tokens, slots, wait, total, mem.mib))
     res["speedup"] = round(res["ours_samples_per_s"] / res["reference_samples_per_s"], 2)
     del model, opt
     gc.collect()

@@ -45,7 +45,7 @@ def test_benchmark_scripts_run(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "benchmarks"
-    for script in ("ml100k.py", "baselines.py"):
+    for script in ("ml100k.py", "baselines.py", "determinism.py", "merge_results.py"):
         done = subprocess.run([sys.executable, str(root / script), "--help"], capture_output=True)
         assert done.returncode == 0, done.stderr.decode()
     out = tmp_path / "bl"
