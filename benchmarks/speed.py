@@ -9,8 +9,9 @@ here, the way KP4SR's published code works:
 
 - prompt+mask: the reference builds each sample in Python, re-tokenising every sentence (MPP
   pieces, item IDs, every knowledge sentence) and filling a dense L x L NumPy mask node by node;
-  ours assembles cached token-id arrays, collates and builds the 4-D boolean mask with broadcast
-  comparisons. Both must give identical token ids and masks (checked here on every batch).
+  ours assembles the whole batch at once from cached token-id arrays (one vectorised edge draw
+  per hop, one gather of every token) and builds the 4-D boolean mask from the tree's nodes.
+  Both must give identical token ids and masks (checked here on every batch).
 - training: the reference feeds the reference pipeline's batches, built in the training loop, to
   T5 with eager attention; ours is what ``kp4sr.training.fit`` runs (prompts built by DataLoader
   workers, optional length bucketing, SDPA with the boolean tree mask, bf16 autocast on a GPU).
@@ -169,9 +170,8 @@ def fast_batch(
     rngs: list[np.random.Generator | None],
     pad_id: int,
 ) -> tuple[Batch, torch.Tensor]:
-    """Ours: cached prompt assembly, collate, and the vectorised 4-D mask."""
-    prompts = [builder.build(u, s.history, r) for s, u, r in zip(chosen, users, rngs)]
-    batch = collate(prompts, pad_id)
+    """Ours: the whole batch assembled at once from cached token ids, and the 4-D mask."""
+    batch = builder.build_batch(users, [s.history for s in chosen], rngs)
     return batch, encoder_mask(batch.node_of_token, batch.parents)
 
 
@@ -714,7 +714,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     defaults = dict(  # (quick, full) on CPU; on a GPU the full sizes
-        samples=(128, 1024),
+        samples=(512, 1024),
         steps=(2, 3),
         batch_size=(8, 8),
         users=(16, 128),

@@ -104,6 +104,50 @@ def test_fast_prompt_and_mask_equal_the_reference(rec, samples, hop, degree, max
     np.testing.assert_array_equal(mask.numpy(), generic.numpy())
 
 
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    samples=sample_lists,
+    hop=st.integers(0, 3),
+    degree=st.integers(0, 8),
+    max_length=st.sampled_from([8, 24, 64, 128, 512]),
+)
+def test_batch_assembly_equals_one_sample_at_a_time(rec, samples, hop, degree, max_length):
+    """build_batch == collate of build() (ids, nodes, parents, labels), and a sample's rows do
+    not depend on the batch it is built in (each draws from its own RNG only)."""
+    from kp4sr.prompts import collate
+
+    b = builder_for(rec, hop, degree, max_length, True)
+    users = [rec.user_text(u) for _, u, _ in samples]
+    hists = [np.asarray(h, dtype=np.int64) for h, _, _ in samples]
+    targets = [rec.target_tokens(h[0]) for h in hists]
+
+    def rngs(keep=None):
+        return [
+            None if seed is None else np.random.default_rng(seed)
+            for k, (_, _, seed) in enumerate(samples)
+            if keep is None or k == keep
+        ]
+
+    one_by_one = collate(
+        [b.build(u, h, r) for u, h, r in zip(users, hists, rngs())],
+        rec.tokenizer.pad_token_id,
+        targets,
+    )
+    batch = b.build_batch(users, hists, rngs(), targets)
+    for name in ("input_ids", "node_of_token", "parents", "labels"):
+        assert torch.equal(getattr(batch, name), getattr(one_by_one, name)), name
+    for k in range(len(samples)):
+        alone = b.build_batch(users[k : k + 1], hists[k : k + 1], rngs(k))
+        n = alone.input_ids.shape[1]
+        assert torch.equal(alone.input_ids[0], batch.input_ids[k, :n])
+        assert torch.equal(alone.node_of_token[0], batch.node_of_token[k, :n])
+
+
 def test_cpu_mask_equals_the_broadcast_rule_on_random_trees():
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -21,19 +21,23 @@ import numpy as np
 
 from kp4sr.data import Sample
 from kp4sr.prompts import PromptBuilder
-from kp4sr.tree_mask import ROOT
 
 
-def item_knowledge_lengths(builder: PromptBuilder) -> np.ndarray:
+def item_knowledge_lengths(builder: PromptBuilder, chunk: int = 256) -> np.ndarray:
     """Tokens of each item's knowledge prompts (evaluation mode, the item alone): [n_items]."""
     n = len(builder.item_entity)
     out = np.zeros(n, dtype=np.int64)
     cfg = builder.config
     if not (cfg.knowledge and cfg.hop > 0 and builder.kg.num_triples):
         return out
-    for item in np.flatnonzero(builder.item_entity >= 0):
-        p = builder.build("", np.array([item], dtype=np.int64))
-        out[item] = len(p.input_ids) - int(p.spans[ROOT][1]) - 1
+    linked = np.flatnonzero(builder.item_entity >= 0)
+    for s in range(0, len(linked), chunk):
+        items = linked[s : s + chunk]
+        batch = builder.build_batch(
+            [""] * len(items), [items[k : k + 1] for k in range(len(items))]
+        )
+        # nodes 0 and 1 are the root and the item: every other token is knowledge
+        out[items] = (batch.node_of_token > 1).sum(1).numpy()
     return out
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import T5ForConditionalGeneration
 
-from kp4sr.model import Batch, encode, padding_mask
+from kp4sr.model import ATTENTION, Batch, encode, padding_mask
 from kp4sr.tokenization import ItemCodes
 
 
@@ -102,8 +102,9 @@ def beam_search(
     device = enc.device
     att = padding_mask(batch)  # [B, L]
     # First step once per user (every beam starts the same); its cache holds the decoder's
-    # cross-attention keys and values, computed once per user and then only copied to the
-    # user's beams, instead of being projected again for every beam at every step.
+    # cross-attention keys and values, computed once per user instead of for every beam at every
+    # step. Under kp4sr_attention the beams then share that one copy (folded into the query
+    # length); under any other attention it is copied to the user's beams.
     first = model(
         encoder_outputs=(enc,),
         attention_mask=att,
@@ -112,7 +113,10 @@ def beam_search(
         return_dict=True,
     )
     cache = getattr(first, "cache", None) or first.past_key_values
-    cache.batch_repeat_interleave(k)
+    if model.config._attn_implementation == ATTENTION:
+        cache.self_attention_cache.batch_repeat_interleave(k)
+    else:
+        cache.batch_repeat_interleave(k)
     cache_arg = _cache_keyword(model)
     att_k = att.repeat_interleave(k, dim=0)  # [B*K, L]
     # the decoder reads only the shape of the encoder states once the cache holds keys and values

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import AttentionInterface, T5Config, T5ForConditionalGeneration
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutput
 
 from kp4sr.errors import ConfigError
@@ -25,6 +27,102 @@ SIZES: dict[str, dict[str, int]] = {
         d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8, d_kv=64
     ),
 }
+
+
+# The attention implementation our models run (registered with transformers below).
+ATTENTION = "kp4sr_sdpa"
+
+
+def kp4sr_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    position_bias: torch.Tensor | None = None,
+    kp4sr_shared: dict[str, torch.Tensor] | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, None]:
+    """T5 attention through PyTorch SDPA (as ``transformers``' ``sdpa``), with two shortcuts.
+
+    - Encoder self-attention under the tree mask: every layer adds the same relative position
+      bias [1, H, L, L] to the same boolean mask [B, 1, L, L]. ``transformers`` rebuilds that
+      [B, H, L, L] float mask in every layer with a three-way broadcast ``where``, which costs
+      more than the attention itself for a small model on a CPU. Here it is built once per
+      forward, kept in ``kp4sr_shared`` (a dict that :func:`encode` passes for one call), as the
+      bias plus an additive 0 / dtype-min mask: the same values wherever a token may attend.
+    - Beam search: the K beams of a user ask cross-attention queries [B*K, H, T, d] of one copy
+      of that user's encoder keys [B, H, L, d] (see :func:`kp4sr.decoding.beam_search`). The
+      beams are folded into the query length, so the keys are never copied K times. T5's
+      cross-attention has no position bias, so nothing else changes.
+    """
+    if query.shape[0] != key.shape[0]:
+        return _beams_folded(module, query, key, value, attention_mask, scaling)
+    if (
+        kp4sr_shared is not None
+        and position_bias is not None
+        and attention_mask is not None
+        and attention_mask.dtype == torch.bool
+        and query.shape[2] == key.shape[2]
+    ):
+        mask = kp4sr_shared.get("encoder_mask")
+        if mask is None:
+            zero = torch.zeros((), dtype=position_bias.dtype, device=query.device)
+            additive = torch.where(attention_mask, zero, torch.finfo(key.dtype).min)
+            # T5's bias is a permuted view: made contiguous first (small), the sum is contiguous
+            # too, and SDPA does not copy it again in every layer
+            mask = kp4sr_shared["encoder_mask"] = additive + position_bias.contiguous()
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling
+        )
+        return out.transpose(1, 2).contiguous(), None
+    return sdpa_attention_forward(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        dropout=dropout,
+        scaling=scaling,
+        position_bias=position_bias,
+        **kwargs,
+    )
+
+
+def _beams_folded(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+) -> tuple[torch.Tensor, None]:
+    """Cross-attention of [B*K, H, T, d] queries (K beams per user, beams of a user adjacent)
+    to [B, H, L, d] keys: one SDPA call on [B, H, K*T, d] queries."""
+    if getattr(module, "has_relative_attention_bias", False) or query.shape[0] % key.shape[0]:
+        raise ValueError("beams can be folded only into T5 cross-attention (no position bias)")
+    b, (bk, h, t, d) = key.shape[0], query.shape
+    k = bk // b
+    q = query.reshape(b, k, h, t, d).transpose(1, 2).reshape(b, h, k * t, d)
+    mask = None
+    if attention_mask is not None:  # [B*K, 1, T, L]: the same padding mask for every beam
+        mask = attention_mask[::k, :, :1, :]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, key, value, attn_mask=mask, scale=scaling
+    )  # [B, H, K*T, d]
+    return out.reshape(b, h, k, t, d).permute(0, 2, 3, 1, 4).reshape(bk, t, h, d), None
+
+
+AttentionInterface.register(ATTENTION, kp4sr_attention)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+
+def use_kp4sr_attention(model: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
+    """Switch a T5 (ours or a loaded checkpoint) to :func:`kp4sr_attention`."""
+    model.set_attn_implementation(ATTENTION)
+    return model
 
 
 def is_preset(backbone: str) -> bool:
@@ -77,7 +175,7 @@ def build_model(
         if not tie_embeddings:
             # untied output logits would otherwise have a std of ~sqrt(d_model)
             model.lm_head.weight.data.normal_(0.0, std)
-        return model
+        return use_kp4sr_attention(model)
     check_backbone(backbone)
     try:
         model = T5ForConditionalGeneration.from_pretrained(backbone)
@@ -85,7 +183,7 @@ def build_model(
         raise ConfigError(f"cannot load a T5 checkpoint from {backbone}: {e}") from None
     if model.get_input_embeddings().num_embeddings < vocab_size:
         model.resize_token_embeddings(vocab_size)
-    return model
+    return use_kp4sr_attention(model)
 
 
 @dataclass
@@ -109,7 +207,12 @@ class Batch:
 def encode(model: T5ForConditionalGeneration, batch: Batch, tree_mask: bool) -> BaseModelOutput:
     """Run the encoder under the knowledge tree mask (or full attention without PD)."""
     mask4d = encoder_mask(batch.node_of_token, batch.parents, tree=tree_mask)  # [B, 1, L, L]
-    return model.get_encoder()(input_ids=batch.input_ids, attention_mask=mask4d, return_dict=True)
+    return model.get_encoder()(
+        input_ids=batch.input_ids,
+        attention_mask=mask4d,
+        return_dict=True,
+        kp4sr_shared={},  # the mask every layer shares, built by the first (kp4sr_attention)
+    )
 
 
 def padding_mask(batch: Batch) -> torch.Tensor:

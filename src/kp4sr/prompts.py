@@ -12,8 +12,12 @@ that a relation with thousands of edges (actors) does not crowd out one with a s
 stored order. The fused prompt is capped at ``max_length`` tokens by dropping whole knowledge
 prompts, last in breadth-first order first; the MPP is always kept.
 
-Every sentence is tokenised once and cached (triples, MPP pieces, item IDs), so building a
-sample is array concatenation.
+Every sentence is tokenised once and kept in one flat token store (triples, MPP pieces, item
+IDs). :meth:`PromptBuilder.build_batch` (training and evaluation) assembles a whole batch at
+once: one vectorised edge draw per hop for every sample's frontier (each sample drawing from its
+own RNG, so its prompt does not depend on its batch), a table of token segments, one gather from
+the store. :meth:`PromptBuilder.build` gives one sample with its tree spelled out (for
+``explain`` and the tests); both give the same tokens and tree.
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from kp4sr.data import KnowledgeGraph, item_key
 from kp4sr.errors import ConfigError
+from kp4sr.model import Batch
 from kp4sr.templates import HISTORY_SEPARATOR
 from kp4sr.tokenization import ItemCodes, mask_token
-from kp4sr.tree_mask import ROOT, ROOT_PARENT
+from kp4sr.tree_mask import PAD_NODE, ROOT, ROOT_PARENT
 
 _HOLE = "\x00HISTORY\x00"
 
@@ -137,6 +143,22 @@ class Adjacency:
         :meth:`edges` gives); with an RNG, a random relation order and a random order within
         each relation, taken round-robin — the same rule as :meth:`edges`, drawn for every
         entity with a handful of array operations instead of a few per entity."""
+        owner = np.zeros(len(entities), dtype=np.int64)
+        return self.sample_groups(entities, exclude, owner, degree, None if rng is None else [rng])
+
+    def sample_groups(
+        self,
+        entities: np.ndarray,
+        exclude: np.ndarray,
+        owner: np.ndarray,
+        degree: int,
+        rngs: list[np.random.Generator | None] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`sample` for the frontiers of many samples at once (a batch): ``owner[i]`` is
+        the sample of frontier entity ``i`` (non-decreasing), ``rngs[g]`` sample ``g``'s RNG.
+        Each sample draws from its own RNG exactly what :meth:`sample` would draw for its
+        frontier alone (edges, then relation keys, and nothing when it has no edge), so a
+        sample's prompt does not depend on the batch it is built in."""
         empty = np.zeros(0, dtype=np.int64)
         m = len(entities)
         if m == 0 or degree <= 0:
@@ -150,27 +172,96 @@ class Adjacency:
         edge = np.arange(total) + np.repeat(lo - (np.cumsum(cnt) - cnt), cnt)
         keep = self.tail[edge] != exclude[seg]
         edge, seg = edge[keep], seg[keep]
-        if rng is not None and len(edge):
-            group = seg * self.max_rel + self.local_rel[edge]
-            # shuffled within each relation: one sort on the group plus a random fraction
-            # (the same order as sorting by group, then by the random number)
-            order = np.argsort(group + rng.random(len(edge)))
-            g = group[order]
-            new = np.ones(len(g), dtype=bool)
-            new[1:] = g[1:] != g[:-1]
-            rank = np.arange(len(g)) - np.maximum.accumulate(np.where(new, np.arange(len(g)), 0))
-            rel_key = rng.random(m * self.max_rel)  # a random relation order per entity
-            # round robin takes at most `degree` edges of a relation: drop the rest before the
-            # final sort (a genre can have hundreds of edges, the frontier thousands)
-            few = rank < degree
-            edge, seg, g, rank = edge[order][few], seg[order][few], g[few], rank[few]
-            # by entity, then round (rank), then the random relation order — one sort again
-            final = np.argsort((seg * degree + rank) + rel_key[g])
-            edge, seg = edge[final], seg[final]
+        if rngs is not None and len(edge):
+            drawn = np.array([r is not None for r in rngs])[owner[seg]]
+            if drawn.all():
+                edge, seg = self._shuffled(edge, seg, owner, degree, rngs)
+            elif drawn.any():  # samples without an RNG keep the stored order
+                e, g = self._shuffled(edge[drawn], seg[drawn], owner, degree, rngs)
+                edge, seg = np.concatenate([e, edge[~drawn]]), np.concatenate([g, seg[~drawn]])
+                by_entity = np.argsort(seg, kind="stable")
+                edge, seg = edge[by_entity], seg[by_entity]
         n_seg = np.bincount(seg, minlength=m)
         rank = np.arange(len(seg)) - np.repeat(np.cumsum(n_seg) - n_seg, n_seg)
         sel = rank < degree
         return edge[sel], seg[sel]
+
+    def _shuffled(
+        self,
+        edge: np.ndarray,
+        seg: np.ndarray,
+        owner: np.ndarray,
+        degree: int,
+        rngs: list[np.random.Generator | None],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate edges (by frontier position) in a random round-robin order: a random order
+        within each relation, a random relation order per entity; at most ``degree`` kept of
+        each relation (round robin never takes more)."""
+        noise, rel_key = self._draws(owner, owner[seg], rngs)
+        group = seg * self.max_rel + self.local_rel[edge]
+        # shuffled within each relation: one sort on the group plus a random fraction
+        # (the same order as sorting by group, then by the random number)
+        order = np.argsort(group + noise)
+        g = group[order]
+        new = np.ones(len(g), dtype=bool)
+        new[1:] = g[1:] != g[:-1]
+        rank = np.arange(len(g)) - np.maximum.accumulate(np.where(new, np.arange(len(g)), 0))
+        # drop edges round robin never reaches before the final sort (a genre can have
+        # hundreds of edges, the frontier thousands)
+        few = rank < degree
+        edge, seg, g, rank = edge[order][few], seg[order][few], g[few], rank[few]
+        # by entity, then round (rank), then the random relation order — one sort again
+        final = np.argsort((seg * degree + rank) + rel_key[g])
+        return edge[final], seg[final]
+
+    def _draws(
+        self,
+        owner: np.ndarray,
+        edge_owner: np.ndarray,
+        rngs: list[np.random.Generator | None],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each sample's random numbers, in :meth:`sample`'s order: one per candidate edge,
+        then one per (frontier entity, relation slot); samples without edges draw nothing."""
+        n = len(rngs)
+        n_edges = np.bincount(edge_owner, minlength=n)
+        n_front = np.bincount(owner, minlength=n) * self.max_rel
+        noise = np.empty(len(edge_owner))
+        rel_key = np.zeros(len(owner) * self.max_rel)
+        e_at, f_at = np.cumsum(n_edges) - n_edges, np.cumsum(n_front) - n_front
+        for g in np.flatnonzero(n_edges).tolist():
+            rng = rngs[g]
+            assert rng is not None  # only samples with an RNG have candidate edges here
+            noise[e_at[g] : e_at[g] + n_edges[g]] = rng.random(n_edges[g])
+            rel_key[f_at[g] : f_at[g] + n_front[g]] = rng.random(n_front[g])
+        return noise, rel_key
+
+
+class TokenStore:
+    """Token id sequences in one growing flat array: a batch's tokens are then one gather
+    (:meth:`gather`) instead of a Python list of small arrays per sample."""
+
+    def __init__(self, capacity: int = 1 << 16):
+        self.flat = np.empty(capacity, dtype=np.int64)
+        self.size = 0
+
+    def add(self, seqs: list) -> np.ndarray:
+        """Append sequences; returns their start offsets."""
+        lens = np.fromiter((len(x) for x in seqs), dtype=np.int64, count=len(seqs))
+        starts = self.size + np.cumsum(lens) - lens
+        end = self.size + int(lens.sum())
+        if end > len(self.flat):  # amortised growth: double, or more if one add needs it
+            grown = np.empty(max(end, 2 * len(self.flat)), dtype=np.int64)
+            grown[: self.size] = self.flat[: self.size]
+            self.flat = grown
+        if end > self.size:
+            self.flat[self.size : end] = np.concatenate([np.asarray(x, np.int64) for x in seqs])
+        self.size = end
+        return starts
+
+    def gather(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The sequences at these offsets, concatenated in order."""
+        shift = starts - (np.cumsum(lengths) - lengths)
+        return self.flat[np.repeat(shift, lengths) + np.arange(int(lengths.sum()))]
 
 
 class PromptBuilder:
@@ -209,8 +300,15 @@ class PromptBuilder:
         self._sep = self._encode(HISTORY_SEPARATOR)
         self._fact_cache: dict[tuple[int, int, int], np.ndarray] = {}
         self._mpp_cache: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
-        # token ids of each adjacency edge's sentence, filled on first use (or by warm())
-        self._edge_tokens: list[np.ndarray | None] = [None] * len(self.adj.tail)
+        # every cached token sequence lives in one store: item IDs, the separator, </s>, the
+        # MPP pieces (on first use) and each adjacency edge's sentence (on first use or warm())
+        self._store = TokenStore()
+        self._item_len = codes.lengths.astype(np.int64)
+        self._item_start = self._store.add([codes.of(i) for i in range(len(codes.lengths))])
+        self._sep_start = int(self._store.add([self._sep])[0])
+        self._eos_start = int(self._store.add([[self.eos]])[0])
+        self._mpp_at: dict[tuple[int, str], tuple[int, int, int, int]] = {}
+        self._edge_start = np.full(len(self.adj.tail), -1, dtype=np.int64)
         self._edge_len = np.full(len(self.adj.tail), -1, dtype=np.int64)
 
     # -- text and token caches ------------------------------------------------------------
@@ -254,10 +352,16 @@ class PromptBuilder:
                 self.fact_text(int(adj.head[e]), int(adj.rel[e]), int(adj.tail[e])) for e in todo
             ]
             encoded = self.tok(texts, add_special_tokens=False)["input_ids"]
-            for e, ids in zip(todo, encoded):
-                self._edge_tokens[e] = np.asarray(ids, dtype=np.int64)
-                self._edge_len[e] = len(ids)
+            self._edge_start[todo] = self._store.add(encoded)
+            self._edge_len[todo] = [len(ids) for ids in encoded]
         return self._edge_len[edges]
+
+    def edge_tokens(self, e: int) -> np.ndarray:
+        """Token ids of adjacency edge ``e``'s sentence."""
+        if self._edge_len[e] < 0:
+            self._edge_lengths(np.array([e]))
+        start = self._edge_start[e]
+        return self._store.flat[start : start + self._edge_len[e]]
 
     def warm(self, chunk: int = 4096) -> None:
         """Tokenise every knowledge sentence now, e.g. before forking DataLoader workers (which
@@ -284,6 +388,17 @@ class PromptBuilder:
         return self._mpp_cache[key]
 
     _mpp_pieces = mpp_pieces
+
+    def _mpp_offsets(self, template: int, user_text: str) -> tuple[int, int, int, int]:
+        """Where the MPP pieces lie in the token store: (before start, length, after start,
+        length), stored on first use."""
+        key = (template, user_text)
+        at = self._mpp_at.get(key)
+        if at is None:
+            before, after = self.mpp_pieces(template, user_text)
+            b, a = self._store.add([before, after]).tolist()
+            at = self._mpp_at[key] = (b, len(before), a, len(after))
+        return at
 
     # -- one sample -----------------------------------------------------------------------
     def build(
@@ -318,12 +433,16 @@ class PromptBuilder:
         owner_arr = np.asarray(owners, dtype=np.int64)
         spans_items = np.stack([ends - lengths, ends], axis=1)[owner_arr > 0]  # [K, 2]
 
-        edges, fact_parent = self._expand(history, mpp_len, rng)
+        edges, fact_parent, _ = self._expand(
+            [history],
+            np.array([self.config.max_length - mpp_len - 1]),
+            None if rng is None else [rng],
+        )
         fact_len = self._edge_len[edges]
         n_facts = len(edges)
         first_fact = 1 + n_items
         eos = np.array([self.eos], dtype=np.int64)
-        tok_parts = [*parts, *(self._edge_tokens[e] for e in edges.tolist()), eos]
+        tok_parts = [*parts, *(self.edge_tokens(e) for e in edges.tolist()), eos]
         input_ids = np.concatenate(tok_parts)
         node_of_token = np.concatenate(
             [
@@ -345,40 +464,132 @@ class PromptBuilder:
         return FusedPrompt(input_ids, node_of_token, parents, spans, history, facts)
 
     def _expand(
-        self, history: np.ndarray, used: int, rng: np.random.Generator | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Knowledge prompts breadth first until the token budget is spent: their adjacency
-        edges and parent node ids, in prompt order (one vectorised draw per hop)."""
+        self,
+        histories: list[np.ndarray],
+        budgets: np.ndarray,
+        rngs: list[np.random.Generator | None] | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Knowledge prompts of many samples, breadth first until each sample's token budget
+        is spent: their adjacency edges, parent node ids and samples, sample by sample in
+        prompt order. One vectorised draw per hop for the whole batch; a sample whose next
+        fact does not fit keeps the facts before it and expands no further."""
         cfg = self.config
         none = np.zeros(0, dtype=np.int64)
-        if not (cfg.knowledge and cfg.hop > 0 and self.kg.num_triples):
-            return none, none
-        budget = cfg.max_length - used - 1  # room for </s>
-        ks = np.arange(len(history) - 1, -1, -1)  # most recent item first
-        ents = self.item_entity[history[ks]] if len(history) else none
+        if not (cfg.knowledge and cfg.hop > 0 and self.kg.num_triples) or not histories:
+            return none, none, none
+        n = len(histories)
+        lens = np.fromiter((len(h) for h in histories), dtype=np.int64, count=n)
+        hist = np.concatenate(histories).astype(np.int64, copy=False)
+        owner = np.repeat(np.arange(n), lens)
+        k = np.arange(len(hist)) - np.repeat(np.cumsum(lens) - lens, lens)  # position in history
+        recent = np.lexsort((-k, owner))  # each sample's items, most recent first
+        ents, owner, nodes = self.item_entity[hist[recent]], owner[recent], k[recent] + 1
         linked = ents >= 0
-        ents, nodes = ents[linked], ks[linked] + 1
+        ents, owner, nodes = ents[linked], owner[linked], nodes[linked]
         excl = np.full(len(ents), -1, dtype=np.int64)
-        out_edges: list[np.ndarray] = []
-        out_parents: list[np.ndarray] = []
-        next_node = 1 + len(history)
+        budget = np.asarray(budgets, dtype=np.int64).copy()
+        next_node = lens + 1  # each sample's next fact node id
+        active = np.ones(n, dtype=bool)
+        out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for _ in range(cfg.hop):
-            edges, seg = self.adj.sample(ents, excl, cfg.degree, rng)
+            live = active[owner]
+            ents, excl, owner, nodes = ents[live], excl[live], owner[live], nodes[live]
+            edges, seg = self.adj.sample_groups(ents, excl, owner, cfg.degree, rngs)
             if not len(edges):
                 break
-            csum = np.cumsum(self._edge_lengths(edges))
-            take = int(np.searchsorted(csum, budget, side="right"))  # whole facts that fit
-            out_edges.append(edges[:take])
-            out_parents.append(nodes[seg[:take]])
-            if take < len(edges):
-                break
-            budget -= int(csum[-1])
-            ents, excl = self.adj.tail[edges], ents[seg]
-            nodes = np.arange(next_node, next_node + take)
-            next_node += take
-        if not out_edges:
-            return none, none
-        return np.concatenate(out_edges), np.concatenate(out_parents)
+            of = owner[seg]
+            length = self._edge_lengths(edges)
+            cnt = np.bincount(of, minlength=n)
+            csum = np.cumsum(length)
+            first = np.minimum(np.cumsum(cnt) - cnt, len(edges) - 1)  # (unused where cnt is 0)
+            before = np.repeat((csum - length)[first], cnt)  # tokens of earlier samples' facts
+            fits = (csum - before) <= budget[of]  # whole facts that fit: a prefix per sample
+            taken = np.bincount(of[fits], minlength=n)
+            active &= (taken == cnt) & (cnt > 0)
+            budget -= np.bincount(of, weights=length, minlength=n).astype(np.int64)
+            edges, seg, of = edges[fits], seg[fits], of[fits]
+            out.append((edges, nodes[seg], of))
+            rank = np.arange(len(edges)) - np.repeat(np.cumsum(taken) - taken, taken)
+            ents, excl, owner, nodes = self.adj.tail[edges], ents[seg], of, next_node[of] + rank
+            next_node = next_node + taken
+        if not out:
+            return none, none, none
+        edges, parents, of = (np.concatenate(x) for x in zip(*out))
+        order = np.argsort(of, kind="stable")  # sample by sample, hop by hop
+        return edges[order], parents[order], of[order]
+
+    # -- a batch of samples ---------------------------------------------------------------
+    def build_batch(
+        self,
+        user_texts: list[str],
+        histories: list[np.ndarray],
+        rngs: list[np.random.Generator | None] | None = None,
+        targets: list[np.ndarray] | None = None,
+    ) -> Batch:
+        """The padded batch of these samples' fused prompts: exactly what :func:`collate` makes
+        of :meth:`build`'s prompts (tested), assembled for the whole batch at once — one draw
+        per hop, a table of token segments, one gather of every token from the store, one
+        scatter into the padded arrays."""
+        n = len(histories)
+        if rngs is not None and all(r is None for r in rngs):
+            rngs = None
+        n_tpl = len(self.mpp_templates)
+        at = np.array(
+            [
+                self._mpp_offsets(0 if rngs is None or r is None else int(r.integers(n_tpl)), u)
+                for u, r in zip(user_texts, rngs or [None] * n)
+            ],
+            dtype=np.int64,
+        ).reshape(n, 4)
+        histories = [np.asarray(h, dtype=np.int64) for h in histories]
+        n_items = np.fromiter((len(h) for h in histories), dtype=np.int64, count=n)
+        hist = np.concatenate(histories) if n else np.zeros(0, np.int64)
+        # the MPP as segments: before, id_1, sep, id_2, ..., sep, id_K, after (slot j)
+        n_seg = np.where(n_items > 0, 2 * n_items + 1, 2)
+        mpp_sample = np.repeat(np.arange(n), n_seg)
+        j = np.arange(len(mpp_sample)) - np.repeat(np.cumsum(n_seg) - n_seg, n_seg)
+        first, last = j == 0, j == (n_seg - 1)[mpp_sample]
+        item = ~first & ~last & (j % 2 == 1)
+        sep = ~first & ~last & (j % 2 == 0)
+        k = (j - 1) // 2  # history position of an item slot
+        which = hist[(np.cumsum(n_items) - n_items)[mpp_sample[item]] + k[item]]
+        start = np.empty(len(j), dtype=np.int64)
+        length = np.empty(len(j), dtype=np.int64)
+        start[first], length[first] = at[mpp_sample[first], 0], at[mpp_sample[first], 1]
+        start[last], length[last] = at[mpp_sample[last], 2], at[mpp_sample[last], 3]
+        start[item], length[item] = self._item_start[which], self._item_len[which]
+        start[sep], length[sep] = self._sep_start, len(self._sep)
+        mpp_node = np.where(item, k + 1, ROOT)
+        mpp_len = np.bincount(mpp_sample, weights=length, minlength=n).astype(np.int64)
+        edges, fact_parent, fact_sample = self._expand(
+            histories, self.config.max_length - mpp_len - 1, rngs
+        )
+        n_facts = np.bincount(fact_sample, minlength=n)
+        fact_rank = np.arange(len(edges)) - np.repeat(np.cumsum(n_facts) - n_facts, n_facts)
+        fact_node = n_items[fact_sample] + 1 + fact_rank
+        # every segment, sample by sample: the MPP's, the facts', </s>
+        seg_sample = np.concatenate([mpp_sample, fact_sample, np.arange(n)])
+        order = np.argsort(seg_sample, kind="stable")
+        seg_sample = seg_sample[order]
+        start = np.concatenate([start, self._edge_start[edges], np.full(n, self._eos_start)])
+        length = np.concatenate([length, self._edge_len[edges], np.ones(n, np.int64)])
+        node = np.concatenate([mpp_node, fact_node, np.full(n, ROOT)])
+        start, length, node = start[order], length[order], node[order]
+        flat = self._store.gather(start, length)
+        total = np.bincount(seg_sample, weights=length, minlength=n).astype(np.int64)
+        row = np.repeat(np.arange(n), total)
+        col = np.arange(len(flat)) - np.repeat(np.cumsum(total) - total, total)
+        ids = np.full((n, int(total.max())), self.tok.pad_token_id, dtype=np.int64)
+        node_of_token = np.full(ids.shape, PAD_NODE, dtype=np.int64)
+        ids[row, col] = flat
+        node_of_token[row, col] = np.repeat(node, length)
+        # parents: the root's is ROOT_PARENT, an item's the root, a fact's from the expansion
+        parents = np.full((n, int((1 + n_items + n_facts).max())), ROOT_PARENT, dtype=np.int64)
+        item_sample = np.repeat(np.arange(n), n_items)
+        item_rank = np.arange(len(item_sample)) - np.repeat(np.cumsum(n_items) - n_items, n_items)
+        parents[item_sample, 1 + item_rank] = ROOT
+        parents[fact_sample, fact_node] = fact_parent
+        return _to_batch(ids, node_of_token, parents, targets)
 
     def node_text(
         self, prompt: FusedPrompt, node: int, user_text: str, history: np.ndarray, template: int = 0
@@ -397,11 +608,6 @@ def collate(prompts: list[FusedPrompt], pad_id: int, targets: list[np.ndarray] |
 
     One allocation per array and one slice copy per sample; no loop over tokens.
     """
-    import torch
-
-    from kp4sr.model import Batch
-    from kp4sr.tree_mask import PAD_NODE
-
     b = len(prompts)
     lmax = max(len(p.input_ids) for p in prompts)
     nmax = max(len(p.parents) for p in prompts)
@@ -413,11 +619,18 @@ def collate(prompts: list[FusedPrompt], pad_id: int, targets: list[np.ndarray] |
         ids[k, :n] = p.input_ids
         node[k, :n] = p.node_of_token
         par[k, : len(p.parents)] = p.parents
+    return _to_batch(ids, node, par, targets)
+
+
+def _to_batch(
+    ids: np.ndarray, node: np.ndarray, parents: np.ndarray, targets: list[np.ndarray] | None
+) -> Batch:
+    """Tensors of padded arrays, and the target ID tokens padded with -100 (ignored)."""
     labels = None
     if targets is not None:
         tmax = max(len(t) for t in targets)
-        lab = np.full((b, tmax), -100, dtype=np.int64)
+        lab = np.full((len(targets), tmax), -100, dtype=np.int64)
         for k, t in enumerate(targets):
             lab[k, : len(t)] = t
         labels = torch.from_numpy(lab)
-    return Batch(torch.from_numpy(ids), torch.from_numpy(node), torch.from_numpy(par), labels)
+    return Batch(torch.from_numpy(ids), torch.from_numpy(node), torch.from_numpy(parents), labels)

@@ -33,7 +33,7 @@ from kp4sr.decoding import INVALID, MISSING, ItemTrie, Ranked, beam_search, full
 from kp4sr.errors import ConfigError, DataError
 from kp4sr.evaluation import metrics, target_ranks
 from kp4sr.model import build_model, check_backbone, is_preset
-from kp4sr.prompts import FusedPrompt, PromptBuilder, PromptConfig, collate
+from kp4sr.prompts import FusedPrompt, PromptBuilder, PromptConfig
 from kp4sr.templates import load_relation_templates, mpp_templates, resolve_relation_templates
 from kp4sr.tokenization import (
     ItemCodes,
@@ -329,11 +329,8 @@ class KP4SR:
 
             starts = tqdm(starts, desc="ranking", unit="batch", leave=False)
         for s in starts:
-            prompts = [
-                self.builder.build(self.user_text(u), h)
-                for u, h in zip(users[s : s + bs], histories[s : s + bs])
-            ]
-            batch = collate(prompts, pad).to(self.device)
+            texts = [self.user_text(u) for u in users[s : s + bs]]
+            batch = self.builder.build_batch(texts, histories[s : s + bs]).to(self.device)
             r = beam_search(
                 self.model,
                 batch,
@@ -357,7 +354,6 @@ class KP4SR:
         """Exact 0-based rank of each target among all items (seen items excluded by the
         config), from every item's log-probability under the decoder."""
         bs = self.config.eval_batch_size
-        pad = self.tokenizer.pad_token_id
         ranks = np.empty(len(samples), dtype=np.int64)
         starts = range(0, len(samples), bs)
         if progress:
@@ -366,8 +362,8 @@ class KP4SR:
             starts = tqdm(starts, desc="full ranking", unit="batch", leave=False)
         for s in starts:
             chunk = samples[s : s + bs]
-            prompts = [self.prompt(x) for x in chunk]
-            batch = collate(prompts, pad).to(self.device)
+            texts = [self.user_text(x.user) for x in chunk]
+            batch = self.builder.build_batch(texts, [x.history for x in chunk]).to(self.device)
             sc = full_scores(
                 self.model, batch, self.codes, self.tokenizer.eos_token_id, self.config.tree_mask
             )

@@ -37,7 +37,6 @@ from kp4sr.batching import bucketed_order, estimate_lengths
 from kp4sr.data import Sample
 from kp4sr.evaluation import format_table
 from kp4sr.model import Batch, loss
-from kp4sr.prompts import collate
 from kp4sr.recommender import KP4SR
 
 log = logging.getLogger(__name__)
@@ -81,12 +80,14 @@ class _Batches(torch.utils.data.Dataset):
                 mine = np.arange(1)
         seed, epoch = self.rec.config.seed, self.epoch
         chosen = [self.samples[idx[p]] for p in mine]
-        prompts = [
-            self.rec.prompt(s, np.random.default_rng([seed, epoch, SAMPLE_KEY, lo + int(p)]))
-            for s, p in zip(chosen, mine)
-        ]
-        targets = [self.rec.target_tokens(s.target) for s in chosen]
-        return collate(prompts, self.rec.tokenizer.pad_token_id, targets), weight
+        rngs = [np.random.default_rng([seed, epoch, SAMPLE_KEY, lo + int(p)]) for p in mine]
+        batch = self.rec.builder.build_batch(
+            [self.rec.user_text(s.user) for s in chosen],
+            [s.history for s in chosen],
+            rngs,
+            [self.rec.target_tokens(s.target) for s in chosen],
+        )
+        return batch, weight
 
 
 class _Loss(torch.nn.Module):

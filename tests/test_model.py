@@ -1,0 +1,127 @@
+"""kp4sr_attention: the same numbers as transformers' own SDPA path, for less work."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from test_decoding import IDX, TEXTS
+
+from kp4sr.decoding import ItemTrie, beam_search
+from kp4sr.model import ATTENTION, build_model, encode, loss
+from kp4sr.prompts import collate
+from kp4sr.tree_mask import encoder_mask
+
+
+@pytest.fixture(scope="module")
+def world(world_factory):
+    from test_decoding import ITEMS, NAMES, triples
+
+    return world_factory(ITEMS, [f"Title {k}" for k in range(len(ITEMS))], TEXTS, triples(), NAMES)
+
+
+@pytest.fixture(scope="module")
+def pair(world):
+    """Our model and an identical copy that runs transformers' ``sdpa``."""
+    torch.manual_seed(0)
+    tok = world.tokenizer
+    ours = build_model("tiny", len(tok), tok.pad_token_id, tok.eos_token_id, dropout=0.0)
+    theirs = copy.deepcopy(ours)
+    theirs.set_attn_implementation("sdpa")
+    assert ours.config._attn_implementation == ATTENTION
+    assert ours.encoder.config._attn_implementation == ATTENTION
+    assert theirs.encoder.config._attn_implementation == "sdpa"
+    return ours, theirs
+
+
+@pytest.fixture(scope="module")
+def batch(world):
+    builder = world.builder(degree=3)
+    histories = [[IDX["12"], IDX["5"], IDX["301"]], [IDX["21"]], [IDX["3"], IDX["4"]]]
+    prompts = [builder.build(str(u), np.array(h)) for u, h in enumerate(histories)]
+    targets = [world.codes.of(IDX[t]) for t in ("123", "9", "30")]
+    targets = [np.append(t, world.tokenizer.eos_token_id) for t in targets]
+    batch = collate(prompts, world.tokenizer.pad_token_id, targets)
+    assert len({len(p.input_ids) for p in prompts}) > 1  # padding is exercised
+    return batch
+
+
+@pytest.mark.parametrize("tree", [True, False])
+def test_encoder_matches_transformers_sdpa(pair, batch, tree):
+    ours, theirs = pair
+    with torch.no_grad():
+        a = encode(ours.eval(), batch, tree).last_hidden_state
+        b = encode(theirs.eval(), batch, tree).last_hidden_state
+    real = batch.node_of_token >= 0
+    torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=1e-5)
+
+
+def test_mask_is_built_once_and_shared_by_every_layer(pair, batch):
+    ours, _ = pair
+    shared: dict = {}
+    mask = encoder_mask(batch.node_of_token, batch.parents)
+    with torch.no_grad():
+        encoder = ours.eval().get_encoder()
+        encoder(input_ids=batch.input_ids, attention_mask=mask, kp4sr_shared=shared)
+    built = shared["encoder_mask"]
+    b, length = batch.input_ids.shape
+    assert built.shape == (b, ours.config.num_heads, length, length)
+    assert built.is_contiguous()
+    # where the tree forbids attention, hugely negative; elsewhere the relative position bias
+    full = mask.expand_as(built)
+    assert (built[~full] < -1e30).all()
+    bias = ours.encoder.block[0].layer[0].SelfAttention.compute_bias(length, length)
+    torch.testing.assert_close(built[full], bias.expand_as(built)[full])
+
+
+def test_training_loss_and_gradients_match(pair, batch):
+    ours, theirs = pair
+    grads = []
+    for m in (ours, theirs):
+        m.train()
+        m.zero_grad(set_to_none=True)
+        value = loss(m, batch, True)
+        value.backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+        grads[-1]["loss"] = value.detach()
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
+    # the relative position bias learns through the shared mask
+    assert "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight" in grads[0]
+
+
+@pytest.mark.parametrize("beams", [3, 20])
+def test_beam_search_folded_beams_match_copied_cache(pair, batch, world, beams, monkeypatch):
+    import kp4sr.model
+
+    ours, theirs = pair
+    calls = []
+    folded = kp4sr.model._beams_folded
+    monkeypatch.setattr(
+        kp4sr.model, "_beams_folded", lambda *a: calls.append(a[1].shape) or folded(*a)
+    )
+    trie = ItemTrie(world.codes, world.tokenizer.eos_token_id)
+    pad = world.tokenizer.pad_token_id
+    banned = [{IDX["12"]}, set(), {IDX["1"], IDX["30"]}]
+    a = beam_search(ours, batch, trie, beams, True, pad, banned=banned)
+    b = beam_search(theirs, batch, trie, beams, True, pad, banned=banned)
+    np.testing.assert_array_equal(a.items, b.items)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+    assert calls and all(shape[0] == 3 * beams for shape in calls)  # ours folded the beams
+    c = beam_search(ours, batch, trie, beams, True, pad, constrained=False)
+    d = beam_search(theirs, batch, trie, beams, True, pad, constrained=False)
+    np.testing.assert_array_equal(c.items, d.items)
+
+
+def test_folding_refuses_a_self_attention_layer(pair):
+    from kp4sr.model import kp4sr_attention
+
+    ours, _ = pair
+    layer = ours.encoder.block[0].layer[0].SelfAttention  # has the relative position bias
+    q = torch.zeros(4, 4, 1, 32)
+    kv = torch.zeros(2, 4, 5, 32)
+    with pytest.raises(ValueError, match="fold"):
+        kp4sr_attention(layer, q, kv, kv, None)
