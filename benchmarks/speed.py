@@ -594,8 +594,8 @@ def bench_eval(rec: KP4SR, n_users: int, beams: int, device: torch.device) -> di
     seen = [rec.seen_items(s) for s in samples]
     res: dict[str, Any] = {"users": len(samples), "beams": beams}
     rec.model.eval()
-    rec.rank(users[:2], hist[:2], seen[:2], beams=beams)  # warm-up
     bs = rec.config.eval_batch_size
+    rec.rank(users[:bs], hist[:bs], seen[:bs], beams=beams)  # warm-up: one full batch
     items, ref = [], []
     t_ours = t_ref = 0.0
     peak_ours = peak_ref = 0.0
@@ -717,8 +717,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         samples=(512, 1024),
         steps=(2, 3),
         batch_size=(8, 8),
-        users=(16, 128),
-        eval_batch_size=(16, 32),
+        users=(128, 128),
+        eval_batch_size=(16, 16),
         workers=(1, 1),
     )
     for key, (quick, full) in defaults.items():

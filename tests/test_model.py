@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from test_decoding import IDX, TEXTS
+from transformers.models.t5.modeling_t5 import T5DenseActDense
 
 from kp4sr.decoding import ItemTrie, beam_search
 from kp4sr.model import ATTENTION, build_model, encode, loss
@@ -30,6 +31,10 @@ def pair(world):
     ours = build_model("tiny", len(tok), tok.pad_token_id, tok.eos_token_id, dropout=0.0)
     theirs = copy.deepcopy(ours)
     theirs.set_attn_implementation("sdpa")
+    for module in theirs.modules():  # stock transformers: a ReLU that allocates its output
+        if isinstance(module, T5DenseActDense):
+            assert module.act.inplace  # ours works in place
+            module.act = torch.nn.ReLU()
     assert ours.config._attn_implementation == ATTENTION
     assert ours.encoder.config._attn_implementation == ATTENTION
     assert theirs.encoder.config._attn_implementation == "sdpa"
@@ -58,17 +63,23 @@ def test_encoder_matches_transformers_sdpa(pair, batch, tree):
     torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=1e-5)
 
 
-def test_mask_is_built_once_and_shared_by_every_layer(pair, batch):
-    ours, _ = pair
-    shared: dict = {}
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_mask_is_built_once_and_shared_by_every_layer(pair, batch, per_sample):
+    ours, theirs = pair
+    shared: dict = {"per_sample": per_sample}
     mask = encoder_mask(batch.node_of_token, batch.parents)
     with torch.no_grad():
-        encoder = ours.eval().get_encoder()
-        encoder(input_ids=batch.input_ids, attention_mask=mask, kp4sr_shared=shared)
-    built = shared["encoder_mask"]
+        out = ours.eval().get_encoder()(
+            input_ids=batch.input_ids, attention_mask=mask, kp4sr_shared=shared
+        )
+        ref = encode(theirs.eval(), batch, True)
+    real = batch.node_of_token >= 0
+    torch.testing.assert_close(out.last_hidden_state[real], ref.last_hidden_state[real])
+    built = shared["additive"] + shared["bias"]
     b, length = batch.input_ids.shape
+    assert shared["additive"].shape == (b, 1, length, length)
     assert built.shape == (b, ours.config.num_heads, length, length)
-    assert built.is_contiguous()
+    assert ("mask" in shared) is not per_sample  # the batched sum only where it is used
     # where the tree forbids attention, hugely negative; elsewhere the relative position bias
     full = mask.expand_as(built)
     assert (built[~full] < -1e30).all()

@@ -15,6 +15,7 @@ from transformers import AttentionInterface, T5Config, T5ForConditionalGeneratio
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.t5.modeling_t5 import T5DenseActDense
 
 from kp4sr.errors import ConfigError
 from kp4sr.tree_mask import encoder_mask
@@ -50,9 +51,13 @@ def kp4sr_attention(
     - Encoder self-attention under the tree mask: every layer adds the same relative position
       bias [1, H, L, L] to the same boolean mask [B, 1, L, L]. ``transformers`` rebuilds that
       [B, H, L, L] float mask in every layer with a three-way broadcast ``where``, which costs
-      more than the attention itself for a small model on a CPU. Here it is built once per
-      forward, kept in ``kp4sr_shared`` (a dict that :func:`encode` passes for one call), as the
-      bias plus an additive 0 / dtype-min mask: the same values wherever a token may attend.
+      more than the attention itself for a small model on a CPU. Here the additive 0 / dtype-min
+      mask and the contiguous bias are made once per forward and kept in ``kp4sr_shared`` (a
+      dict :func:`encode` passes for one call); their sum has the bias wherever a token may
+      attend, as before. On a GPU the sum is built once for the batch. On a CPU it is built
+      per sample, just before that sample's attention, so that its 4 MB (H=4, L=512) are still
+      in cache when SDPA reads them, instead of B times that going through memory twice
+      (``kp4sr_shared["per_sample"]`` overrides the choice; the tests check both).
     - Beam search: the K beams of a user ask cross-attention queries [B*K, H, T, d] of one copy
       of that user's encoder keys [B, H, L, d] (see :func:`kp4sr.decoding.beam_search`). The
       beams are folded into the query length, so the keys are never copied K times. T5's
@@ -67,17 +72,32 @@ def kp4sr_attention(
         and attention_mask.dtype == torch.bool
         and query.shape[2] == key.shape[2]
     ):
-        mask = kp4sr_shared.get("encoder_mask")
-        if mask is None:
+        if "additive" not in kp4sr_shared:
             zero = torch.zeros((), dtype=position_bias.dtype, device=query.device)
-            additive = torch.where(attention_mask, zero, torch.finfo(key.dtype).min)
-            # T5's bias is a permuted view: made contiguous first (small), the sum is contiguous
-            # too, and SDPA does not copy it again in every layer
-            mask = kp4sr_shared["encoder_mask"] = additive + position_bias.contiguous()
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling
-        )
-        return out.transpose(1, 2).contiguous(), None
+            kp4sr_shared["additive"] = torch.where(attention_mask, zero, torch.finfo(key.dtype).min)
+            kp4sr_shared["bias"] = position_bias.contiguous()  # T5's bias is a permuted view
+        additive, bias = kp4sr_shared["additive"], kp4sr_shared["bias"]
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        if not kp4sr_shared.get("per_sample", query.device.type == "cpu"):
+            if "mask" not in kp4sr_shared:
+                kp4sr_shared["mask"] = additive + bias
+            mask = kp4sr_shared["mask"]
+            out = sdpa(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+            return out.transpose(1, 2).contiguous(), None
+        b, h, length, d = query.shape
+        out = query.new_empty(b, length, h, d)
+        for k in range(b):
+            one = slice(k, k + 1)
+            o = sdpa(
+                query[one],
+                key[one],
+                value[one],
+                attn_mask=additive[one] + bias,
+                dropout_p=dropout,
+                scale=scaling,
+            )
+            out[k] = o[0].transpose(0, 1)
+        return out, None
     return sdpa_attention_forward(
         module,
         query,
@@ -119,9 +139,14 @@ AttentionInterface.register(ATTENTION, kp4sr_attention)
 AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 
-def use_kp4sr_attention(model: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
-    """Switch a T5 (ours or a loaded checkpoint) to :func:`kp4sr_attention`."""
+def use_fast_paths(model: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
+    """Switch a T5 (ours or a loaded checkpoint) to :func:`kp4sr_attention`, and its feed-forward
+    ReLU to work in place (on the output of ``wi``, which backward does not need): one [B, L,
+    d_ff] tensor fewer to allocate and fill per layer. Same numbers."""
     model.set_attn_implementation(ATTENTION)
+    for module in model.modules():
+        if isinstance(module, T5DenseActDense) and type(module.act) is torch.nn.ReLU:
+            module.act = torch.nn.ReLU(inplace=True)
     return model
 
 
@@ -175,7 +200,7 @@ def build_model(
         if not tie_embeddings:
             # untied output logits would otherwise have a std of ~sqrt(d_model)
             model.lm_head.weight.data.normal_(0.0, std)
-        return use_kp4sr_attention(model)
+        return use_fast_paths(model)
     check_backbone(backbone)
     try:
         model = T5ForConditionalGeneration.from_pretrained(backbone)
@@ -183,7 +208,7 @@ def build_model(
         raise ConfigError(f"cannot load a T5 checkpoint from {backbone}: {e}") from None
     if model.get_input_embeddings().num_embeddings < vocab_size:
         model.resize_token_embeddings(vocab_size)
-    return use_kp4sr_attention(model)
+    return use_fast_paths(model)
 
 
 @dataclass

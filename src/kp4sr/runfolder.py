@@ -256,9 +256,9 @@ def load_t5(model_dir: Path, vocab_size: int, exact: bool) -> Any:
             "tokens: model/ and tokenizer/ come from different runs",
             model_dir,
         )
-    from kp4sr.model import use_kp4sr_attention
+    from kp4sr.model import use_fast_paths
 
-    return use_kp4sr_attention(model)
+    return use_fast_paths(model)
 
 
 def _weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
