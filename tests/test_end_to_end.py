@@ -149,6 +149,22 @@ def test_no_knowledge_and_no_tree_mask_switches(small_toy):
     assert not np.array(base.explain(user=small_toy.users[0])["visible"]).all()
 
 
+def test_no_user_ids_writes_no_user_in_any_prompt(small_toy):
+    from kp4sr.recommender import NEW_USER
+
+    base = KP4SR.create(Config(**SMALL), dataset=small_toy)
+    anon = KP4SR.create(Config(**SMALL, user_ids=False), dataset=small_toy)
+    a, b = anon.split.test[0], anon.split.test[1]
+    assert a.user != b.user
+    assert anon.user_text(a.user) == anon.user_text(b.user) == NEW_USER
+    text = anon.tokenizer.decode(anon.prompt(a).input_ids)
+    assert small_toy.users[a.user] not in text.split()
+    assert base.user_text(a.user) == small_toy.users[a.user]
+    assert np.array_equal(
+        anon.prompt(a).input_ids, base.builder.build(NEW_USER, a.history).input_ids
+    )
+
+
 def write_generic(ds, folder):
     """Write a Dataset in the documented generic format (items referenced directly by ID)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -136,3 +136,18 @@ def test_folding_refuses_a_self_attention_layer(pair):
     kv = torch.zeros(2, 4, 5, 32)
     with pytest.raises(ValueError, match="fold"):
         kp4sr_attention(layer, q, kv, kv, None)
+
+
+def test_folded_beams_without_padding(pair, world):
+    """Equal-length prompts: the cross-attention mask may be dropped altogether."""
+    ours, theirs = pair
+    builder = world.builder(degree=3)
+    history = np.array([IDX["12"], IDX["5"]])
+    batch = builder.build_batch(["1", "1"], [history, history])
+    assert (batch.node_of_token >= 0).all()
+    trie = ItemTrie(world.codes, world.tokenizer.eos_token_id)
+    pad = world.tokenizer.pad_token_id
+    a = beam_search(ours, batch, trie, 5, True, pad)
+    b = beam_search(theirs, batch, trie, 5, True, pad)
+    np.testing.assert_array_equal(a.items, b.items)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)

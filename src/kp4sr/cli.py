@@ -31,6 +31,7 @@ OPTION_HELP: dict[str, str] = {
     "templates": "JSON file {relation: sentence with [X] and [Y]} overriding built-in templates",
     "generic_templates": "relations without a template get 'The <relation> of [X] is [Y].'",
     "max_items": "history items the model sees (default 5)",
+    "user_ids": "write 'new' instead of the user's ID in every prompt (no per-user token)",
     "item_index": "item ID numbering: random (default) | sequential (P5's, leaks order)",
     "item_tokens": "item ID tokens: single (one token per item, default) | digits (one per digit)",
     "hop": "knowledge hops from each history item (default 2)",
@@ -67,6 +68,7 @@ NEGATED = {
     "tree_mask": "--no-tree-mask",
     "exclude_seen": "--keep-seen",
     "cache": "--no-cache",
+    "user_ids": "--no-user-ids",
 }
 # the options that say how a dataset is read (``kp4sr data stats`` takes only these)
 DATA_FIELDS = (

@@ -71,6 +71,7 @@ class Config:
     templates: str | None = None  # JSON file {relation: "sentence with [X] and [Y]"}
     generic_templates: bool = False  # relations without a template get a generic sentence
     max_items: int = 5  # history items the model sees
+    user_ids: bool = True  # False: every MPP names no user (no per-user token to memorise)
     item_index: str = "random"  # random | sequential (P5's leaky order of appearance)
     item_tokens: str = "single"  # single: one token per item | digits: one token per digit
     hop: int = 2  # knowledge hops from each history item
@@ -285,7 +286,9 @@ class KP4SR:
         return self._split
 
     def user_text(self, user: int | None) -> str:
-        return NEW_USER if user is None else self.dataset.users[user]
+        if user is None or not self.config.user_ids:
+            return NEW_USER
+        return self.dataset.users[user]
 
     def prompt(self, sample: Sample, rng: np.random.Generator | None = None) -> FusedPrompt:
         return self.builder.build(self.user_text(sample.user), sample.history, rng)
