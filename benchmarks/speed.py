@@ -19,6 +19,9 @@ here, the way KP4SR's published code works:
 - evaluation: the reference runs a constrained beam search per user (one user at a time, its
   beams batched, a Python dict trie); ours is ``KP4SR.rank`` (many users per batch, vectorised
   trie). Same beams, and the top-k lists must be identical.
+- exact full ranking: every item scored by teacher forcing (``KP4SR.full_ranks``), ours against
+  the same code under transformers' own ``sdpa`` attention, which projects each user's
+  cross-attention keys and values again for every item; the ranks must be identical.
 - memory: peak resident memory of each phase (sampled every 5 ms), and on a GPU the peak
   allocated GPU memory.
 
@@ -626,6 +629,30 @@ def bench_eval(rec: KP4SR, n_users: int, beams: int, device: torch.device) -> di
     return res
 
 
+def bench_full(rec: KP4SR, n_users: int, device: torch.device) -> dict[str, Any]:
+    """Users/s of the exact full ranking (every item scored by teacher forcing): ours shares each
+    user's cross-attention keys and values across the items; the reference is the same code
+    under transformers' own ``sdpa`` attention, which projects them again for every item."""
+    from kp4sr.model import use_fast_paths
+
+    samples = rec.split.test[:n_users]
+    res: dict[str, Any] = {"users": len(samples), "items": int(len(rec.codes.lengths))}
+    rec.full_ranks(samples[:2])  # warm-up
+    ours, t_ours = timed(lambda: rec.full_ranks(samples), device)
+    rec.model.set_attn_implementation("sdpa")
+    try:
+        ref, t_ref = timed(lambda: rec.full_ranks(samples), device)
+    finally:
+        use_fast_paths(rec.model)
+    res.update(
+        reference_users_per_s=round(len(samples) / t_ref, 2),
+        ours_users_per_s=round(len(samples) / t_ours, 2),
+        speedup=round(t_ref / t_ours, 2),
+        identical_ranks=bool(np.array_equal(ours, ref)),
+    )
+    return res
+
+
 def spread_scores(rec: KP4SR, scale: float) -> None:
     """A random model's item scores are nearly tied; scaling the output layer spreads them so
     that "identical top-k" is a meaningful check rather than a coin toss between ties."""
@@ -674,6 +701,13 @@ def table(r: dict[str, Any]) -> str:
         f"| evaluation, users/s ({e['beams']} beams, {e['users']} users) | "
         f"{e['reference_users_per_s']} | {e['ours_users_per_s']} | **{e['speedup']}x** |"
     )
+    if "full_rank" in r:
+        f = r["full_rank"]
+        rows.append(
+            f"| exact full ranking, users/s ({f['items']} items, {f['users']} users; reference: "
+            f"transformers' sdpa) | {f['reference_users_per_s']} | {f['ours_users_per_s']} | "
+            f"**{f['speedup']}x** |"
+        )
     rows.append(
         f"| peak RSS, evaluation (MiB) | {e['reference_peak_rss_mib']} | "
         f"{e['ours_peak_rss_mib']} | |"
@@ -703,6 +737,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=None, help="training batch size")
     ap.add_argument("--users", type=int, default=None, help="users for the evaluation figure")
     ap.add_argument("--beams", type=int, default=20)
+    ap.add_argument("--full-users", type=int, default=16, help="users for the full ranking")
     ap.add_argument("--eval-batch-size", type=int, default=None, help="users per beam search")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (ours)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -775,6 +810,8 @@ def main(argv: list[str] | None = None) -> int:
     spread_scores(rec, 30.0)
     results["eval"] = bench_eval(rec, args.users, args.beams, device)
     print(f"eval: {results['eval']}", flush=True)
+    results["full_rank"] = bench_full(rec, args.full_users, device)
+    print(f"full ranking: {results['full_rank']}", flush=True)
     results["train"] = {}
     for size in [s for s in args.sizes.split(",") if s]:
         r = bench_train(rec, size, args.steps, args.batch_size, device, args.workers)
@@ -789,6 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         "prompt_mask_identical": results["prompt_mask"]["identical"],
         "eval_speedup": results["eval"]["speedup"],
         "eval_identical_topk": results["eval"]["identical_topk"],
+        "full_rank_speedup": results["full_rank"]["speedup"],
         **{f"train_speedup_{s}": t["speedup"] for s, t in results["train"].items()},
         **{f"train_data_share_{s}": t["ours_data_share"] for s, t in results["train"].items()},
         "device": str(device),

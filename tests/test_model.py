@@ -151,3 +151,25 @@ def test_folded_beams_without_padding(pair, world):
     b = beam_search(theirs, batch, trie, 5, True, pad)
     np.testing.assert_array_equal(a.items, b.items)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_full_scores_share_each_users_keys_across_items(pair, batch, world, monkeypatch):
+    """The exact full ranking: every item scored against one copy of each user's cross-attention
+    keys (folded) equals scoring (user, item) pairs one by one as transformers does."""
+    import kp4sr.model
+    from kp4sr.decoding import full_scores
+
+    ours, theirs = pair
+    calls = []
+    folded = kp4sr.model._beams_folded
+    monkeypatch.setattr(
+        kp4sr.model, "_beams_folded", lambda *a: calls.append(a[1].shape) or folded(*a)
+    )
+    eos = world.tokenizer.eos_token_id
+    n = len(world.codes.lengths)
+    for chunk in (1000, 7):  # all items at once; chunks of 7 // 3 users = 2 items
+        a = full_scores(ours, batch, world.codes, eos, True, item_chunk=chunk)
+        assert a.shape == (3, n)
+        b = full_scores(theirs, batch, world.codes, eos, True, item_chunk=chunk)
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert calls

@@ -185,8 +185,9 @@ def full_scores(
     """Exact log-probability of every item for every user: [B, n_items].
 
     Teacher forcing of each item's ID tokens + </s> under the decoder, the encoder run once per
-    user and reused for every chunk of items. The same scores beam search sums, so its top-k
-    equals this ranking's top-k whenever the beam is wide enough.
+    user and reused for every chunk of items (under ``kp4sr_sdpa`` so are the decoder's
+    cross-attention keys and values). The same scores beam search sums, so its top-k equals
+    this ranking's top-k whenever the beam is wide enough.
     """
     model.eval()
     enc = encode(model, batch, tree_mask).last_hidden_state  # [B, L, d]
@@ -203,6 +204,8 @@ def full_scores(
     )
     labels_t = torch.from_numpy(labels).to(enc.device)
     dec_t = torch.from_numpy(dec_in).to(enc.device)
+    if model.config._attn_implementation == ATTENTION:
+        return _full_scores_folded(model, enc, att, labels_t, dec_t, item_chunk)
     out = np.empty((enc.shape[0], n), dtype=np.float32)
     for u in range(enc.shape[0]):
         for s in range(0, n, item_chunk):
@@ -217,6 +220,51 @@ def full_scores(
             logp = torch.log_softmax(logits.float(), dim=-1)
             tok = logp.gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [c, T]
             out[u, s : s + c] = (tok * (lab >= 0)).sum(-1).cpu().numpy()
+    return out
+
+
+def _full_scores_folded(
+    model: T5ForConditionalGeneration,
+    enc: torch.Tensor,
+    att: torch.Tensor,
+    labels: torch.Tensor,
+    dec_in: torch.Tensor,
+    item_chunk: int,
+) -> np.ndarray:
+    """:func:`full_scores` with each user's cross-attention keys and values projected once and
+    shared by all the items scored against it (folded into the query length by
+    :func:`kp4sr.model.kp4sr_attention`), all users of the batch in one decoder call per chunk
+    of items, instead of projecting the encoder output again for every (user, item) pair."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    b, length, _ = enc.shape
+    cross = DynamicCache(config=model.config)
+    for i, block in enumerate(model.get_decoder().block):
+        attn = block.layer[1].EncDecAttention
+        shape = (b, length, attn.n_heads, attn.key_value_proj_dim)
+        cross.update(
+            attn.k(enc).view(shape).transpose(1, 2), attn.v(enc).view(shape).transpose(1, 2), i
+        )
+    n = labels.shape[0]
+    out = np.empty((b, n), dtype=np.float32)
+    per_user = max(1, item_chunk // b)
+    for s in range(0, n, per_user):
+        lab, dec = labels[s : s + per_user], dec_in[s : s + per_user]
+        c = lab.shape[0]
+        cache = EncoderDecoderCache(DynamicCache(config=model.config), cross)
+        logits = model(
+            # the decoder reads only the shape of the encoder states: the cache holds the rest
+            encoder_outputs=(enc.new_zeros(b * c, length, 1).expand(-1, -1, enc.shape[2]),),
+            attention_mask=att.repeat_interleave(c, dim=0),
+            decoder_input_ids=dec.repeat(b, 1),  # user by user, the chunk's items
+            use_cache=True,
+            **{_cache_keyword(model): cache},
+            return_dict=True,
+        ).logits  # [b*c, T, V]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        lab_b = lab.repeat(b, 1)
+        tok = logp.gather(-1, lab_b.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [b*c, T]
+        out[:, s : s + c] = (tok * (lab_b >= 0)).sum(-1).reshape(b, c).cpu().numpy()
     return out
 
 
