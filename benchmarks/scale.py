@@ -198,21 +198,20 @@ def run_stages(data: Path, probe: int, max_items: int) -> dict[str, Any]:
     def prompts() -> dict[str, Any]:
         import numpy as np
 
-        from kp4sr.prompts import collate
-
         rec, train = state["rec"], state["split"].train
         pick = np.random.default_rng(0).choice(len(train), size=min(probe, len(train)))
         bs = rec.config.batch_size
         tokens = 0
         start = time.perf_counter()
         for k in range(0, len(pick), bs):
-            rng = np.random.default_rng([rec.config.seed, 0, k])
             chosen = [train[int(i)] for i in pick[k : k + bs]]
-            built = [rec.prompt(s, rng) for s in chosen]
-            tokens += sum(len(p.input_ids) for p in built)
-            collate(
-                built, rec.tokenizer.pad_token_id, [rec.target_tokens(s.target) for s in chosen]
+            batch = rec.builder.build_batch(
+                [rec.user_text(s.user) for s in chosen],
+                [s.history for s in chosen],
+                [np.random.default_rng([rec.config.seed, 0, k, j]) for j in range(len(chosen))],
+                [rec.target_tokens(s.target) for s in chosen],
             )
+            tokens += int((batch.node_of_token >= 0).sum())
         seconds = time.perf_counter() - start
         return {
             "prompts": len(pick),

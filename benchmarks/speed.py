@@ -52,8 +52,8 @@ import torch
 from kp4sr import toy
 from kp4sr.data import Sample
 from kp4sr.decoding import ItemTrie
-from kp4sr.model import Batch, build_model
-from kp4sr.prompts import PromptBuilder, collate
+from kp4sr.model import ATTENTION, Batch, build_model
+from kp4sr.prompts import PromptBuilder
 from kp4sr.recommender import KP4SR, Config
 from kp4sr.templates import HISTORY_SEPARATOR
 from kp4sr.tree_mask import encoder_mask
@@ -557,13 +557,15 @@ def bench_attention(
 
     tok = rec.tokenizer
     chosen = rec.split.train[:bs]
-    prompts = [rec.prompt(s, np.random.default_rng(i)) for i, s in enumerate(chosen)]
-    batch = collate(prompts, tok.pad_token_id, [rec.target_tokens(s.target) for s in chosen]).to(
-        device
-    )
+    batch = rec.builder.build_batch(
+        [rec.user_text(s.user) for s in chosen],
+        [s.history for s in chosen],
+        [np.random.default_rng(i) for i in range(len(chosen))],
+        [rec.target_tokens(s.target) for s in chosen],
+    ).to(device)
     use_bf16 = device.type == "cuda"
     out: dict[str, Any] = {}
-    impls = ["eager", "sdpa"] + (["flex_attention"] if device.type == "cuda" else [])
+    impls = ["eager", "sdpa", ATTENTION] + (["flex_attention"] if device.type == "cuda" else [])
     for impl in impls:
         torch.manual_seed(0)
         model = build_model(size, len(tok), tok.pad_token_id, tok.eos_token_id, dropout=0.0)

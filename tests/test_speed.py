@@ -56,6 +56,13 @@ def builder_for(rec: KP4SR, hop: int, degree: int, max_length: int, knowledge: b
 
 # ----------------------------------------------------------------------------- prompt + mask
 
+# reproducible runs over random samples, with the module's (read-only) recommender fixture
+SAMPLES = settings(
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
 sample_lists = st.lists(
     st.tuples(
         st.lists(st.integers(0, 39), min_size=1, max_size=5),  # history (item indices)
@@ -67,12 +74,7 @@ sample_lists = st.lists(
 )
 
 
-@settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(SAMPLES, max_examples=300)
 @given(
     samples=sample_lists,
     hop=st.integers(0, 2),
@@ -104,12 +106,7 @@ def test_fast_prompt_and_mask_equal_the_reference(rec, samples, hop, degree, max
     np.testing.assert_array_equal(mask.numpy(), generic.numpy())
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(SAMPLES, max_examples=150)
 @given(
     samples=sample_lists,
     hop=st.integers(0, 3),

@@ -298,7 +298,6 @@ class PromptBuilder:
         self.item_entity[self.entity_item[linked]] = linked
         self.templates = [relation_templates[r] for r in kg.relations]
         self._sep = self._encode(HISTORY_SEPARATOR)
-        self._fact_cache: dict[tuple[int, int, int], np.ndarray] = {}
         self._mpp_cache: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
         # every cached token sequence lives in one store: item IDs, the separator, </s>, the
         # MPP pieces (on first use) and each adjacency edge's sentence (on first use or warm())
@@ -333,13 +332,6 @@ class PromptBuilder:
             .replace("[X]", self.entity_text(h))
             .replace("[Y]", self.entity_text(t))
         )
-
-    def fact_tokens(self, h: int, r: int, t: int) -> np.ndarray:
-        key = (h, r, t)
-        ids = self._fact_cache.get(key)
-        if ids is None:
-            ids = self._fact_cache[key] = self._encode(self.fact_text(h, r, t))
-        return ids
 
     def _edge_lengths(self, edges: np.ndarray) -> np.ndarray:
         """Token counts of these edges' sentences, tokenising (in one batch) those not seen yet:
