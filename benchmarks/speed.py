@@ -52,7 +52,7 @@ import torch
 from kp4sr import toy
 from kp4sr.data import Sample
 from kp4sr.decoding import ItemTrie
-from kp4sr.model import ATTENTION, Batch, build_model
+from kp4sr.model import ATTENTION, Batch, additive_mask, build_model
 from kp4sr.prompts import PromptBuilder
 from kp4sr.recommender import KP4SR, Config
 from kp4sr.templates import HISTORY_SEPARATOR
@@ -462,7 +462,10 @@ def bench_train(
             if mask4d is None:
                 value = loss(model, batch, True)
             else:
-                enc = model.get_encoder()(input_ids=batch.input_ids, attention_mask=mask4d)
+                # eager attention adds the mask to the scores: 0 / -inf, not booleans
+                enc = model.get_encoder()(
+                    input_ids=batch.input_ids, attention_mask=additive_mask(mask4d, torch.float32)
+                )
                 value = model(
                     encoder_outputs=enc,
                     attention_mask=(batch.node_of_token >= 0).long(),
@@ -475,7 +478,7 @@ def bench_train(
         return value.detach()
 
     # ours: what fit() runs
-    model = new_model("sdpa")
+    model = new_model(ATTENTION)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     rec.builder.warm()
     loader = DataLoader(

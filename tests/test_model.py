@@ -173,3 +173,16 @@ def test_full_scores_share_each_users_keys_across_items(pair, batch, world, monk
         b = full_scores(theirs, batch, world.codes, eos, True, item_chunk=chunk)
         np.testing.assert_allclose(a, b, atol=1e-4)
     assert calls
+
+
+def test_eager_attention_gets_an_additive_mask(pair, batch):
+    """transformers' eager T5 adds the mask to the scores; encode() hands it 0 / -inf, so the
+    tree mask holds there too (booleans would add 0 and 1 and mask nothing)."""
+    ours, theirs = pair
+    eager = copy.deepcopy(theirs)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        a = encode(eager.eval(), batch, True).last_hidden_state
+        b = encode(theirs.eval(), batch, True).last_hidden_state
+    real = batch.node_of_token >= 0
+    torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=1e-5)

@@ -234,12 +234,22 @@ class Batch:
 def encode(model: T5ForConditionalGeneration, batch: Batch, tree_mask: bool) -> BaseModelOutput:
     """Run the encoder under the knowledge tree mask (or full attention without PD)."""
     mask4d = encoder_mask(batch.node_of_token, batch.parents, tree=tree_mask)  # [B, 1, L, L]
+    if model.get_encoder().config._attn_implementation == "eager":
+        # transformers' eager T5 adds the mask to the scores: booleans would add 0 and 1
+        mask4d = additive_mask(mask4d, model.dtype)
     return model.get_encoder()(
         input_ids=batch.input_ids,
         attention_mask=mask4d,
         return_dict=True,
         kp4sr_shared={},  # the mask every layer shares, built by the first (kp4sr_attention)
     )
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask (True = may attend) as the 0 / dtype-min float mask that is
+    added to attention scores."""
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    return torch.where(mask, zero, torch.finfo(dtype).min)
 
 
 def padding_mask(batch: Batch) -> torch.Tensor:
