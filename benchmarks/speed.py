@@ -634,6 +634,45 @@ def bench_eval(rec: KP4SR, n_users: int, beams: int, device: torch.device) -> di
     return res
 
 
+def bench_encoder(rec: KP4SR, n_users: int, device: torch.device) -> dict[str, Any]:
+    """Where evaluation time goes: ms per user of the encoder alone (the tree mask, 16 users a
+    batch) under kp4sr_sdpa and under transformers' own sdpa, against a whole beam search."""
+    from kp4sr.model import encode, use_fast_paths
+
+    samples = rec.split.test[:n_users]
+    bs = rec.config.eval_batch_size
+    batches = [
+        rec.builder.build_batch(
+            [rec.user_text(x.user) for x in samples[s : s + bs]],
+            [x.history for x in samples[s : s + bs]],
+        ).to(device)
+        for s in range(0, len(samples), bs)
+    ]
+
+    def encoder() -> None:
+        with torch.no_grad():
+            for b in batches:
+                encode(rec.model, b, rec.config.tree_mask)
+
+    rec.model.eval()
+    encoder()  # warm-up
+    _, ours = timed(encoder, device)
+    rec.model.set_attn_implementation("sdpa")
+    try:
+        _, theirs = timed(encoder, device)
+    finally:
+        use_fast_paths(rec.model)
+    users = [x.user for x in samples]
+    _, whole = timed(lambda: rec.rank(users, [x.history for x in samples]), device)
+    per_user = 1e3 / len(samples)
+    return {
+        "users": len(samples),
+        "encoder_ms_per_user": round(ours * per_user, 2),
+        "transformers_sdpa_encoder_ms_per_user": round(theirs * per_user, 2),
+        "beam_search_ms_per_user": round(whole * per_user, 2),
+    }
+
+
 def bench_full(rec: KP4SR, n_users: int, device: torch.device) -> dict[str, Any]:
     """Users/s of the exact full ranking (every item scored by teacher forcing): ours shares each
     user's cross-attention keys and values across the items; the reference is the same code
@@ -706,6 +745,13 @@ def table(r: dict[str, Any]) -> str:
         f"| evaluation, users/s ({e['beams']} beams, {e['users']} users) | "
         f"{e['reference_users_per_s']} | {e['ours_users_per_s']} | **{e['speedup']}x** |"
     )
+    if "encoder" in r:
+        c = r["encoder"]
+        rows.append(
+            f"| encoder alone, ms per user (tree mask; reference: transformers' sdpa) | "
+            f"{c['transformers_sdpa_encoder_ms_per_user']} | {c['encoder_ms_per_user']} | "
+            f"(a whole beam search: {c['beam_search_ms_per_user']} ms per user) |"
+        )
     if "full_rank" in r:
         f = r["full_rank"]
         rows.append(
@@ -815,6 +861,8 @@ def main(argv: list[str] | None = None) -> int:
     spread_scores(rec, 30.0)
     results["eval"] = bench_eval(rec, args.users, args.beams, device)
     print(f"eval: {results['eval']}", flush=True)
+    results["encoder"] = bench_encoder(rec, args.users, device)
+    print(f"encoder: {results['encoder']}", flush=True)
     results["full_rank"] = bench_full(rec, args.full_users, device)
     print(f"full ranking: {results['full_rank']}", flush=True)
     results["train"] = {}
