@@ -270,6 +270,7 @@ def test_speed_benchmark_smoke(tmp_path):
         "--quick",
         "--samples=32",
         "--users=4",
+        "--full-users=2",
         "--steps=1",
         "--batch-size=2",
         "--length=96",
@@ -284,6 +285,9 @@ def test_speed_benchmark_smoke(tmp_path):
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["prompt_mask_identical"] and summary["eval_identical_topk"]
     assert summary["prompt_mask_speedup"] > 0 and summary["eval_speedup"] > 0
+    assert summary["full_rank_speedup"] > 0
     saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["full_rank"]["identical_ranks"]
+    assert saved["encoder"]["encoder_ms_per_user"] > 0
     assert saved["summary"] == summary
     assert (tmp_path / "results.md").read_text().startswith("# Speed")
