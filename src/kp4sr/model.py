@@ -56,9 +56,9 @@ def kp4sr_attention(
       dict :func:`encode` passes for one call); their sum has the bias wherever a token may
       attend, as before. It is built once for the batch, except in evaluation on a CPU:
       there it is built per sample, just before that sample's attention, so that its 4 MB
-      (H=4, L=512) are still in cache when SDPA reads them (12% faster at 512 tokens; with
-      gradients the batched call was 10% faster). ``kp4sr_shared["per_sample"]`` overrides
-      the choice; the tests check both.
+      (H=4, L=512) are still in cache when SDPA reads them (faster there in our measurements
+      at 512 tokens; with gradients the batched call measured faster).
+      ``kp4sr_shared["per_sample"]`` overrides the choice; the tests check both.
     - Beam search: the K beams of a user ask cross-attention queries [B*K, H, T, d] of one copy
       of that user's encoder keys [B, H, L, d] (see :func:`kp4sr.decoding.beam_search`). The
       beams are folded into the query length, so the keys are never copied K times. T5's
