@@ -114,8 +114,10 @@ def test_fast_prompt_and_mask_equal_the_reference(rec, samples, hop, degree, max
     max_length=st.sampled_from([8, 24, 64, 128, 512]),
 )
 def test_batch_assembly_equals_one_sample_at_a_time(rec, samples, hop, degree, max_length):
-    """build_batch == collate of build() (ids, nodes, parents, labels), and a sample's rows do
-    not depend on the batch it is built in (each draws from its own RNG only)."""
+    """build_batch == collate of build() (ids, nodes, parents, labels; build() is the same
+    assembly for one sample, so this checks padding and that a sample's rows do not depend on
+    the batch it is built in: each draws from its own RNG only). The independent check is the
+    reference test above."""
     from kp4sr.prompts import collate
 
     b = builder_for(rec, hop, degree, max_length, True)

@@ -217,10 +217,15 @@ def full_scores(
                 decoder_input_ids=dec,
                 return_dict=True,
             ).logits  # [c, T, V]
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            tok = logp.gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [c, T]
-            out[u, s : s + c] = (tok * (lab >= 0)).sum(-1).cpu().numpy()
+            out[u, s : s + c] = _sequence_logp(logits, lab)
     return out
+
+
+def _sequence_logp(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Log-probability of each row's label tokens (-100: none) under logits [N, T, V]: [N]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    tok = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [N, T]
+    return (tok * (labels >= 0)).sum(-1).cpu().numpy()
 
 
 def _full_scores_folded(
@@ -261,10 +266,7 @@ def _full_scores_folded(
             **{_cache_keyword(model): cache},
             return_dict=True,
         ).logits  # [b*c, T, V]
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        lab_b = lab.repeat(b, 1)
-        tok = logp.gather(-1, lab_b.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [b*c, T]
-        out[:, s : s + c] = (tok * (lab_b >= 0)).sum(-1).reshape(b, c).cpu().numpy()
+        out[:, s : s + c] = _sequence_logp(logits, lab.repeat(b, 1)).reshape(b, c)
     return out
 
 

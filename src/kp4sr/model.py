@@ -74,8 +74,7 @@ def kp4sr_attention(
         and query.shape[2] == key.shape[2]
     ):
         if "additive" not in kp4sr_shared:
-            zero = torch.zeros((), dtype=position_bias.dtype, device=query.device)
-            kp4sr_shared["additive"] = torch.where(attention_mask, zero, torch.finfo(key.dtype).min)
+            kp4sr_shared["additive"] = additive_mask(attention_mask, position_bias.dtype)
             kp4sr_shared["bias"] = position_bias.contiguous()  # T5's bias is a permuted view
         additive, bias = kp4sr_shared["additive"], kp4sr_shared["bias"]
         sdpa = torch.nn.functional.scaled_dot_product_attention

@@ -348,13 +348,6 @@ class PromptBuilder:
             self._edge_len[todo] = [len(ids) for ids in encoded]
         return self._edge_len[edges]
 
-    def edge_tokens(self, e: int) -> np.ndarray:
-        """Token ids of adjacency edge ``e``'s sentence."""
-        if self._edge_len[e] < 0:
-            self._edge_lengths(np.array([e]))
-        start = self._edge_start[e]
-        return self._store.flat[start : start + self._edge_len[e]]
-
     def warm(self, chunk: int = 4096) -> None:
         """Tokenise every knowledge sentence now, e.g. before forking DataLoader workers (which
         would otherwise each tokenise what they use, again every epoch)."""
@@ -379,8 +372,6 @@ class PromptBuilder:
             self._mpp_cache[key] = (self._encode(before), self._encode(after))
         return self._mpp_cache[key]
 
-    _mpp_pieces = mpp_pieces
-
     def _mpp_offsets(self, template: int, user_text: str) -> tuple[int, int, int, int]:
         """Where the MPP pieces lie in the token store: (before start, length, after start,
         length), stored on first use."""
@@ -400,60 +391,30 @@ class PromptBuilder:
         rng: np.random.Generator | None = None,
         template: int | None = None,
     ) -> FusedPrompt:
-        """The fused prompt of one sample. ``rng=None`` is evaluation mode (fixed template 0 and
-        fixed edge order); with an RNG the template and the edges are drawn at random."""
-        if template is None:
-            template = 0 if rng is None else int(rng.integers(len(self.mpp_templates)))
-        before, after = self.mpp_pieces(template, user_text)
+        """The fused prompt of one sample, its tree spelled out (spans, items, facts). ``rng=None``
+        is evaluation mode (fixed template 0 and fixed edge order); with an RNG the template and
+        the edges are drawn at random. The same assembly as :meth:`build_batch`, for one."""
         history = np.asarray(history, dtype=np.int64)
-        n_items = len(history)
-
-        # MPP: before, id_1, sep, id_2, ..., id_K, after; item nodes are 1..K
-        parts: list[np.ndarray] = [before]
-        owners: list[int] = [ROOT]
-        for k, item in enumerate(history.tolist()):
-            if k:
-                parts.append(self._sep)
-                owners.append(ROOT)
-            parts.append(self.codes.of(item))
-            owners.append(k + 1)
-        parts.append(after)
-        owners.append(ROOT)
-        lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-        mpp_len = int(lengths.sum())
-        ends = np.cumsum(lengths)
-        owner_arr = np.asarray(owners, dtype=np.int64)
-        spans_items = np.stack([ends - lengths, ends], axis=1)[owner_arr > 0]  # [K, 2]
-
-        edges, fact_parent, _ = self._expand(
+        batch, edges = self._assemble(
+            [user_text],
             [history],
-            np.array([self.config.max_length - mpp_len - 1]),
             None if rng is None else [rng],
+            None,
+            None if template is None else [template],
         )
-        fact_len = self._edge_len[edges]
-        n_facts = len(edges)
-        first_fact = 1 + n_items
-        eos = np.array([self.eos], dtype=np.int64)
-        tok_parts = [*parts, *(self.edge_tokens(e) for e in edges.tolist()), eos]
-        input_ids = np.concatenate(tok_parts)
-        node_of_token = np.concatenate(
-            [
-                np.repeat(owner_arr, lengths),
-                np.repeat(np.arange(first_fact, first_fact + n_facts), fact_len),
-                np.zeros(1, dtype=np.int64),
-            ]
-        )
-        parents = np.concatenate(
-            [np.array([ROOT_PARENT], dtype=np.int64), np.zeros(n_items, np.int64), fact_parent]
-        )
+        input_ids = batch.input_ids[0].numpy()
+        node_of_token = batch.node_of_token[0].numpy()
+        parents = batch.parents[0].numpy()
+        # each node's token span; the root's is the MPP (its tokens up to the first fact)
+        at = np.arange(len(node_of_token))
         spans = np.zeros((len(parents), 2), dtype=np.int64)
-        spans[ROOT] = (0, mpp_len)
-        spans[1:first_fact] = spans_items
-        fact_end = mpp_len + np.cumsum(fact_len)
-        spans[first_fact:, 0] = fact_end - fact_len
-        spans[first_fact:, 1] = fact_end
-        facts = self.adj.triples[edges]
-        return FusedPrompt(input_ids, node_of_token, parents, spans, history, facts)
+        spans[:, 0] = len(node_of_token)
+        np.minimum.at(spans[:, 0], node_of_token, at)
+        np.maximum.at(spans[:, 1], node_of_token, at + 1)
+        spans[ROOT] = (0, int((node_of_token <= len(history)).sum()) - 1)  # less the final </s>
+        return FusedPrompt(
+            input_ids, node_of_token, parents, spans, history, self.adj.triples[edges]
+        )
 
     def _expand(
         self,
@@ -518,20 +479,30 @@ class PromptBuilder:
         rngs: list[np.random.Generator | None] | None = None,
         targets: list[np.ndarray] | None = None,
     ) -> Batch:
-        """The padded batch of these samples' fused prompts: exactly what :func:`collate` makes
-        of :meth:`build`'s prompts (tested), assembled for the whole batch at once — one draw
-        per hop, a table of token segments, one gather of every token from the store, one
-        scatter into the padded arrays."""
+        """The padded batch of these samples' fused prompts (what :func:`collate` makes of
+        :meth:`build`'s prompts), assembled for the whole batch at once — one draw per hop, a
+        table of token segments, one gather of every token from the store, one scatter into
+        the padded arrays."""
+        return self._assemble(user_texts, histories, rngs, targets)[0]
+
+    def _assemble(
+        self,
+        user_texts: list[str],
+        histories: list[np.ndarray],
+        rngs: list[np.random.Generator | None] | None,
+        targets: list[np.ndarray] | None,
+        templates: list[int] | None = None,
+    ) -> tuple[Batch, np.ndarray]:
+        """:meth:`build_batch`, and the adjacency edges of the knowledge prompts (sample by
+        sample, in prompt order). ``templates`` fixes the MPP templates instead of drawing them."""
         n = len(histories)
         if rngs is not None and all(r is None for r in rngs):
             rngs = None
-        n_tpl = len(self.mpp_templates)
+        if templates is None:
+            n_tpl = len(self.mpp_templates)
+            templates = [0 if r is None else int(r.integers(n_tpl)) for r in (rngs or [None] * n)]
         at = np.array(
-            [
-                self._mpp_offsets(0 if rngs is None or r is None else int(r.integers(n_tpl)), u)
-                for u, r in zip(user_texts, rngs or [None] * n)
-            ],
-            dtype=np.int64,
+            [self._mpp_offsets(t, u) for t, u in zip(templates, user_texts)], dtype=np.int64
         ).reshape(n, 4)
         histories = [np.asarray(h, dtype=np.int64) for h in histories]
         n_items = np.fromiter((len(h) for h in histories), dtype=np.int64, count=n)
@@ -581,7 +552,7 @@ class PromptBuilder:
         item_rank = np.arange(len(item_sample)) - np.repeat(np.cumsum(n_items) - n_items, n_items)
         parents[item_sample, 1 + item_rank] = ROOT
         parents[fact_sample, fact_node] = fact_parent
-        return _to_batch(ids, node_of_token, parents, targets)
+        return _to_batch(ids, node_of_token, parents, targets), edges
 
     def node_text(
         self, prompt: FusedPrompt, node: int, user_text: str, history: np.ndarray, template: int = 0
