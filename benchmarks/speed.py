@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
 import json
 import math
@@ -48,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers.models.t5.modeling_t5 import T5DenseActDense
 
 from kp4sr import toy
 from kp4sr.data import Sample
@@ -352,6 +354,18 @@ def make_recommender(args: argparse.Namespace, device: torch.device) -> KP4SR:
     return KP4SR.create(cfg, dataset=ds)
 
 
+def stock(model: Any, attn: str) -> Any:
+    """A copy of ``model`` as stock ``transformers`` runs it: attention ``attn``, T5's own
+    position bias and a ReLU that allocates its output (none of kp4sr.model.use_fast_paths)."""
+    plain = copy.deepcopy(model)
+    plain.set_attn_implementation(attn)
+    for module in plain.modules():
+        if isinstance(module, T5DenseActDense):
+            module.act = torch.nn.ReLU()
+        vars(module).pop("compute_bias", None)
+    return plain
+
+
 def sample_rngs(n: int, seed: int) -> list[np.random.Generator]:
     return [np.random.default_rng([seed, i]) for i in range(n)]
 
@@ -454,8 +468,7 @@ def bench_train(
     def new_model(attn: str) -> Any:
         torch.manual_seed(0)
         m = build_model(size, len(tok), pad, tok.eos_token_id, dropout=0.1).to(device)
-        m.set_attn_implementation(attn)
-        return m.train()
+        return (m if attn == ATTENTION else stock(m, attn)).train()
 
     def step(model: Any, opt: Any, batch: Batch, mask4d: torch.Tensor | None) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -602,6 +615,7 @@ def bench_eval(rec: KP4SR, n_users: int, beams: int, device: torch.device) -> di
     seen = [rec.seen_items(s) for s in samples]
     res: dict[str, Any] = {"users": len(samples), "beams": beams}
     rec.model.eval()
+    reference = stock(rec.model, "sdpa").eval()
     bs = rec.config.eval_batch_size
     rec.rank(users[:bs], hist[:bs], seen[:bs], beams=beams)  # warm-up: one full batch
     items, ref = [], []
@@ -616,7 +630,7 @@ def bench_eval(rec: KP4SR, n_users: int, beams: int, device: torch.device) -> di
         with PeakRSS() as mem, gpu_peak(device, res, "reference_gpu_peak_mib"):
             r, t = timed(
                 lambda p=part: reference_rank(
-                    rec.model, rec.builder, rec.trie, texts[p], hist[p], seen[p], beams, device
+                    reference, rec.builder, rec.trie, texts[p], hist[p], seen[p], beams, device
                 ),
                 device,
             )
@@ -637,7 +651,7 @@ def bench_eval(rec: KP4SR, n_users: int, beams: int, device: torch.device) -> di
 def bench_encoder(rec: KP4SR, n_users: int, device: torch.device) -> dict[str, Any]:
     """Where evaluation time goes: ms per user of the encoder alone (the tree mask, 16 users a
     batch) under kp4sr_sdpa and under transformers' own sdpa, against a whole beam search."""
-    from kp4sr.model import encode, use_fast_paths
+    from kp4sr.model import encode
 
     samples = rec.split.test[:n_users]
     bs = rec.config.eval_batch_size
@@ -649,19 +663,16 @@ def bench_encoder(rec: KP4SR, n_users: int, device: torch.device) -> dict[str, A
         for s in range(0, len(samples), bs)
     ]
 
-    def encoder() -> None:
+    def encoder(model: Any) -> None:
         with torch.no_grad():
             for b in batches:
-                encode(rec.model, b, rec.config.tree_mask)
+                encode(model, b, rec.config.tree_mask)
 
     rec.model.eval()
-    encoder()  # warm-up
-    _, ours = timed(encoder, device)
-    rec.model.set_attn_implementation("sdpa")
-    try:
-        _, theirs = timed(encoder, device)
-    finally:
-        use_fast_paths(rec.model)
+    reference = stock(rec.model, "sdpa").eval()
+    encoder(rec.model)  # warm-up
+    _, ours = timed(lambda: encoder(rec.model), device)
+    _, theirs = timed(lambda: encoder(reference), device)
     users = [x.user for x in samples]
     _, whole = timed(lambda: rec.rank(users, [x.history for x in samples]), device)
     per_user = 1e3 / len(samples)
@@ -676,18 +687,17 @@ def bench_encoder(rec: KP4SR, n_users: int, device: torch.device) -> dict[str, A
 def bench_full(rec: KP4SR, n_users: int, device: torch.device) -> dict[str, Any]:
     """Users/s of the exact full ranking (every item scored by teacher forcing): ours shares each
     user's cross-attention keys and values across the items; the reference is the same code
-    under transformers' own ``sdpa`` attention, which projects them again for every item."""
-    from kp4sr.model import use_fast_paths
-
+    under stock transformers (its own ``sdpa`` attention, which projects them again for every
+    item)."""
     samples = rec.split.test[:n_users]
     res: dict[str, Any] = {"users": len(samples), "items": int(len(rec.codes.lengths))}
     rec.full_ranks(samples[:2])  # warm-up
     ours, t_ours = timed(lambda: rec.full_ranks(samples), device)
-    rec.model.set_attn_implementation("sdpa")
+    model, rec.model = rec.model, stock(rec.model, "sdpa").eval()
     try:
         ref, t_ref = timed(lambda: rec.full_ranks(samples), device)
     finally:
-        use_fast_paths(rec.model)
+        rec.model = model
     res.update(
         reference_users_per_s=round(len(samples) / t_ref, 2),
         ours_users_per_s=round(len(samples) / t_ours, 2),

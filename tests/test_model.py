@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 from test_decoding import IDX, TEXTS
-from transformers.models.t5.modeling_t5 import T5DenseActDense
+from transformers import T5Config
+from transformers.models.t5.modeling_t5 import T5Attention, T5DenseActDense
 
 from kp4sr.decoding import ItemTrie, beam_search
-from kp4sr.model import ATTENTION, build_model, encode, loss
+from kp4sr.model import ATTENTION, build_model, encode, loss, toeplitz_bias
 from kp4sr.prompts import collate
 from kp4sr.tree_mask import encoder_mask
 
@@ -31,10 +32,13 @@ def pair(world):
     ours = build_model("tiny", len(tok), tok.pad_token_id, tok.eos_token_id, dropout=0.0)
     theirs = copy.deepcopy(ours)
     theirs.set_attn_implementation("sdpa")
-    for module in theirs.modules():  # stock transformers: a ReLU that allocates its output
-        if isinstance(module, T5DenseActDense):
+    for module in theirs.modules():  # stock transformers: a ReLU that allocates its output,
+        if isinstance(module, T5DenseActDense):  # T5's own position bias
             assert module.act.inplace  # ours works in place
             module.act = torch.nn.ReLU()
+        if isinstance(module, T5Attention) and module.has_relative_attention_bias:
+            assert "compute_bias" in vars(module)  # ours: toeplitz_bias
+            del module.compute_bias
     assert ours.config._attn_implementation == ATTENTION
     assert ours.encoder.config._attn_implementation == ATTENTION
     assert theirs.encoder.config._attn_implementation == "sdpa"
@@ -186,3 +190,13 @@ def test_eager_attention_gets_an_additive_mask(pair, batch):
         b = encode(theirs.eval(), batch, True).last_hidden_state
     real = batch.node_of_token >= 0
     torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("decoder", [False, True])
+def test_toeplitz_bias_equals_t5s_position_bias(decoder):
+    cfg = T5Config(d_model=16, num_heads=3, d_kv=4, is_decoder=decoder)
+    module = T5Attention(cfg, has_relative_attention_bias=True, layer_idx=0)
+    torch.nn.init.normal_(module.relative_attention_bias.weight)
+    for q, k, past in [(512, 512, 0), (1, 5, 4), (7, 3, 0), (1, 1, 0), (300, 300, 0), (3, 10, 7)]:
+        ours = toeplitz_bias(module, q, k, past_seen_tokens=past)
+        assert torch.equal(ours, module.compute_bias(q, k, past_seen_tokens=past)), (q, k, past)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import MethodType
 
 import torch
 from transformers import AttentionInterface, T5Config, T5ForConditionalGeneration
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.models.t5.modeling_t5 import T5DenseActDense
+from transformers.models.t5.modeling_t5 import T5Attention, T5DenseActDense
 
+from kp4sr import tree_blocks
 from kp4sr.errors import ConfigError
 from kp4sr.tree_mask import encoder_mask
 
@@ -46,19 +48,22 @@ def kp4sr_attention(
     kp4sr_shared: dict[str, torch.Tensor] | None = None,
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
-    """T5 attention through PyTorch SDPA (as ``transformers``' ``sdpa``), with two shortcuts.
+    """T5 attention through PyTorch SDPA (as ``transformers``' ``sdpa``), with three shortcuts.
 
-    - Encoder self-attention under the tree mask: every layer adds the same relative position
-      bias [1, H, L, L] to the same boolean mask [B, 1, L, L]. ``transformers`` rebuilds that
-      [B, H, L, L] float mask in every layer with a three-way broadcast ``where``, which costs
-      more than the attention itself for a small model on a CPU. Here the additive 0 / dtype-min
-      mask and the contiguous bias are made once per forward and kept in ``kp4sr_shared`` (a
-      dict :func:`encode` passes for one call); their sum has the bias wherever a token may
-      attend, as before. It is built once for the batch, except in evaluation on a CPU:
-      there it is built per sample, just before that sample's attention, so that its 4 MB
-      (H=4, L=512) are still in cache when SDPA reads them (faster there in our measurements
-      at 512 tokens; with gradients the batched call measured faster).
-      ``kp4sr_shared["per_sample"]`` overrides the choice; the tests check both.
+    - Encoder self-attention under the tree mask, when :func:`encode` put a plan in
+      ``kp4sr_shared["blocks"]`` (by default on a CPU): attention group by group, each history
+      item's knowledge only against its own subtree (:mod:`kp4sr.tree_blocks`).
+    - Otherwise, encoder self-attention under a 4-D mask (without PD, or on a GPU): every
+      layer adds the same relative position bias [1, H, L, L] to the same boolean mask
+      [B, 1, L, L]. ``transformers`` rebuilds that [B, H, L, L] float mask in every layer with a
+      three-way broadcast ``where``, which costs more than the attention itself for a small
+      model on a CPU. Here the additive 0 / dtype-min mask and the contiguous bias are made once
+      per forward and kept in ``kp4sr_shared`` (a dict :func:`encode` passes for one call);
+      their sum has the bias wherever a token may attend, as before. It is built once for the
+      batch, except in evaluation on a CPU: there it is built per sample, just before that
+      sample's attention, so that its 4 MB (H=4, L=512) are still in cache when SDPA reads them
+      (faster there in our measurements at 512 tokens; with gradients the batched call measured
+      faster). ``kp4sr_shared["per_sample"]`` overrides the choice; the tests check both.
     - Beam search: the K beams of a user ask cross-attention queries [B*K, H, T, d] of one copy
       of that user's encoder keys [B, H, L, d] (see :func:`kp4sr.decoding.beam_search`). The
       beams are folded into the query length, so the keys are never copied K times. T5's
@@ -66,6 +71,12 @@ def kp4sr_attention(
     """
     if query.shape[0] != key.shape[0]:
         return _beams_folded(module, query, key, value, attention_mask, scaling)
+    blocks = None if kp4sr_shared is None else kp4sr_shared.get("blocks")
+    if blocks is not None and position_bias is not None and query.shape[2] == key.shape[2]:
+        if "block_masks" not in kp4sr_shared:
+            kp4sr_shared["block_masks"] = tree_blocks.masks(blocks, position_bias)
+        masks = kp4sr_shared["block_masks"]
+        return tree_blocks.attention(query, key, value, blocks, masks, scaling, dropout), None
     if (
         kp4sr_shared is not None
         and position_bias is not None
@@ -141,14 +152,47 @@ AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 
 def use_fast_paths(model: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
-    """Switch a T5 (ours or a loaded checkpoint) to :func:`kp4sr_attention`, and its feed-forward
-    ReLU to work in place (on the output of ``wi``, which backward does not need): one [B, L,
-    d_ff] tensor fewer to allocate and fill per layer. Same numbers."""
+    """Switch a T5 (ours or a loaded checkpoint) to :func:`kp4sr_attention`; its feed-forward
+    ReLU to work in place (on the output of ``wi``, which backward does not need: one [B, L,
+    d_ff] tensor fewer to allocate and fill per layer); and its relative position bias to
+    :func:`toeplitz_bias`. Same numbers."""
     model.set_attn_implementation(ATTENTION)
     for module in model.modules():
         if isinstance(module, T5DenseActDense) and type(module.act) is torch.nn.ReLU:
             module.act = torch.nn.ReLU(inplace=True)
+        if isinstance(module, T5Attention) and module.has_relative_attention_bias:
+            module.compute_bias = MethodType(toeplitz_bias, module)
     return model
+
+
+def toeplitz_bias(
+    module: T5Attention,
+    query_length: int,
+    key_length: int,
+    device: torch.device | None = None,
+    past_seen_tokens: int = 0,
+) -> torch.Tensor:
+    """T5's relative position bias [1, H, Lq, Lk], as ``T5Attention.compute_bias`` gives it.
+
+    The bias depends only on key - query position, so the bucket function (logs) and the
+    embedding run on the Lq + Lk - 1 distinct offsets instead of on all Lq x Lk pairs, and one
+    gather spreads them over the square: at 512 tokens a few times cheaper than T5's own,
+    forward and backward, with the same values."""
+    emb = module.relative_attention_bias
+    device = emb.weight.device if device is None else device
+    first = -(query_length - 1 + past_seen_tokens)  # the smallest key - query offset
+    offsets = torch.arange(first, key_length - past_seen_tokens, device=device)
+    buckets = module._relative_position_bucket(
+        offsets,
+        bidirectional=not module.is_decoder,
+        num_buckets=module.relative_attention_num_buckets,
+        max_distance=module.relative_attention_max_distance,
+    )
+    per_offset = emb(buckets).t()  # [H, Lq + Lk - 1]
+    q = torch.arange(query_length, device=device)[:, None]
+    k = torch.arange(key_length, device=device)[None, :]
+    index = (k - q + (query_length - 1)).reshape(-1)
+    return per_offset.index_select(1, index).view(1, -1, query_length, key_length)
 
 
 def is_preset(backbone: str) -> bool:
@@ -230,17 +274,39 @@ class Batch:
         )
 
 
-def encode(model: T5ForConditionalGeneration, batch: Batch, tree_mask: bool) -> BaseModelOutput:
-    """Run the encoder under the knowledge tree mask (or full attention without PD)."""
-    mask4d = encoder_mask(batch.node_of_token, batch.parents, tree=tree_mask)  # [B, 1, L, L]
-    if model.get_encoder().config._attn_implementation == "eager":
-        # transformers' eager T5 adds the mask to the scores: booleans would add 0 and 1
-        mask4d = additive_mask(mask4d, model.dtype)
+def encode(
+    model: T5ForConditionalGeneration,
+    batch: Batch,
+    tree_mask: bool,
+    blocks: bool | None = None,
+) -> BaseModelOutput:
+    """Run the encoder under the knowledge tree mask (or full attention without PD).
+
+    ``blocks``: compute the tree-masked attention group by group (:mod:`kp4sr.tree_blocks`)
+    instead of over the whole L x L square. By default where it measured faster: on a CPU, under
+    our attention, for training and evaluation alike (not measured on a GPU, so off there).
+    Outputs at padding positions are then zero instead of (unused) noise.
+    """
+    attn = model.get_encoder().config._attn_implementation
+    if blocks is None:
+        cpu = batch.input_ids.device.type == "cpu"
+        blocks = attn == ATTENTION and cpu
+    elif blocks and attn != ATTENTION:
+        raise ValueError(f"tree blocks need the {ATTENTION} attention, not {attn}")
+    shared: dict = {}  # what every layer shares, built by the first (kp4sr_attention)
+    mask4d = None
+    if blocks and tree_mask:  # the plan replaces the [B, 1, L, L] mask
+        shared["blocks"] = tree_blocks.plan(batch.node_of_token.cpu(), batch.parents.cpu())
+    else:
+        mask4d = encoder_mask(batch.node_of_token, batch.parents, tree=tree_mask)
+        if attn == "eager":
+            # transformers' eager T5 adds the mask to the scores: booleans would add 0 and 1
+            mask4d = additive_mask(mask4d, model.dtype)
     return model.get_encoder()(
         input_ids=batch.input_ids,
         attention_mask=mask4d,
         return_dict=True,
-        kp4sr_shared={},  # the mask every layer shares, built by the first (kp4sr_attention)
+        kp4sr_shared=shared,
     )
 
 
