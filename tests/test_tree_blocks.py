@@ -52,8 +52,7 @@ def check(node: torch.Tensor, parents: torch.Tensor, ratio: float, seed: int) ->
     assert not ours[~real].any()  # padding rows: zero, never NaN
     # every real token's row is computed in exactly one place
     spare = b * length
-    rows = [bk.targets.reshape(-1) for bk in blocks.buckets] + [blocks.mpp_targets.reshape(-1)]
-    written = torch.cat(rows)
+    written = torch.cat([bk.targets.reshape(-1) for bk in blocks.buckets])
     written = written[written != spare]
     assert written.numel() == len(set(written.tolist())) == int(real.sum())
     assert set(written.tolist()) == set(torch.nonzero(real.reshape(-1)).reshape(-1).tolist())
@@ -112,22 +111,26 @@ def test_buckets_hold_groups_of_similar_size(rec):
     batch = rec.builder.build_batch(
         [rec.user_text(s.user) for s in samples], [s.history for s in samples]
     )
-    blocks = tree_blocks.plan(batch.node_of_token, batch.parents, ratio=0.9)
-    assert len(blocks.buckets) > 1
-    for bk in blocks.buckets:
-        real = bk.targets != batch.node_of_token.numel()  # the spare row marks padding
-        sizes = real.sum(1)
+    node = batch.node_of_token
+    spare = node.numel()  # the spare row marks padding
+    blocks = tree_blocks.plan(node, batch.parents, ratio=0.9)
+    *knowledge, mpp = blocks.buckets
+    assert len(knowledge) > 1
+    for bk in knowledge:
+        sizes = (bk.targets != spare).sum(1)
         assert sizes.max() == bk.queries.shape[1]
         assert (sizes >= 0.9 * sizes.max()).all()
-    # knowledge rows are in the buckets, the MPP's own tokens (root and item IDs) are not
-    in_buckets = sum(
-        int((bk.targets != batch.node_of_token.numel()).sum()) for bk in blocks.buckets
-    )
-    mpp = int((blocks.mpp_targets != batch.node_of_token.numel()).sum())
-    assert in_buckets > 10 * mpp
+    # the last bucket: one row per sample, the MPP's own tokens (root and item IDs), whose keys
+    # are the MPP and the 1-hop prompts
+    assert mpp.queries.shape[0] == len(samples)
+    rows = mpp.targets[mpp.targets != spare]
+    parents = torch.gather(batch.parents, 1, node.clamp(min=0)).reshape(-1)
+    assert set(parents[rows].tolist()) <= {-1, 0}
+    in_knowledge = sum(int((bk.targets != spare).sum()) for bk in knowledge)
+    assert in_knowledge > 10 * len(rows)
     # far fewer query-key pairs than the dense square
-    pairs = sum(bk.lookup.numel() for bk in blocks.buckets) + blocks.mpp_lookup.numel()
-    assert pairs < 0.5 * batch.node_of_token.numel() * batch.node_of_token.shape[1]
+    pairs = sum(bk.lookup.numel() for bk in blocks.buckets)
+    assert pairs < 0.3 * node.numel() * node.shape[1]
 
 
 @pytest.mark.parametrize("tree", [True, False])

@@ -7,10 +7,11 @@ item's ID tokens. So the knowledge text splits into independent *groups*, one pe
     queries of group g = the tokens of every knowledge prompt below item g
     keys of group g    = item g's ID tokens + those same tokens
 
-The MPP's own tokens (the root and the items' ID tokens) are few: they get the ordinary dense
-attention over their sample's L keys. Computing each group's small square instead of the whole
-L x L square does about a quarter of the work at 512 tokens and five history items, with the
-same numbers (the tree mask, still applied inside each group, zeroes the rest anyway).
+The MPP's own tokens (the root's and the items' IDs) form one more group per sample, whose keys
+are the MPP and the 1-hop prompts (an item's ID sees its facts, not theirs). Computing each
+group's small rectangle instead of the whole L x L square does about a quarter of the work at 512
+tokens and five history items, with the same numbers (the tree mask, still applied inside each
+group, zeroes the rest anyway). Every real token is a query of exactly one group.
 
 Groups are sorted by size and cut into buckets of similar sizes, each padded to its largest
 group and run as one SDPA call: the padding is small and the calls few. A :class:`TreeBlocks`
@@ -46,17 +47,15 @@ class Bucket:
 
 @dataclass(frozen=True)
 class TreeBlocks:
-    """Where every token's attention is computed: a group bucket or the MPP rows."""
+    """Where every real token's attention is computed: in exactly one bucket."""
 
     length: int  # L
     buckets: list[Bucket]
-    mpp: torch.Tensor  # [B, M] flat indices of the MPP tokens (padded with the sample's first)
-    mpp_targets: torch.Tensor  # [B, M] the same, padded with the spare row B * L
-    mpp_lookup: torch.Tensor  # [B, M, L] (see masks)
 
 
 def plan(node_of_token: torch.Tensor, parents: torch.Tensor, ratio: float = RATIO) -> TreeBlocks:
-    """The group buckets of a batch (CPU tensors [B, L] and [B, n_nodes], as :class:`Batch`)."""
+    """The group buckets of a batch (CPU tensors [B, L] and [B, n_nodes], as :class:`Batch`);
+    the last bucket holds the MPP groups."""
     n = node_of_token.numpy()
     par = parents.numpy()
     b, length = n.shape
@@ -80,24 +79,28 @@ def plan(node_of_token: torch.Tensor, parents: torch.Tensor, ratio: float = RATI
     buckets = []
     order = np.argsort(-q_size, kind="stable")
     lo = 0
+    spare = b * length
     while lo < len(order):
         largest = q_size[order[lo]]
         hi = lo + int(np.sum(q_size[order[lo:]] >= ratio * largest))
         g = order[lo:hi]
-        spare = b * length
         buckets.append(
             _bucket(q_flat, q_start[g], q_size[g], i_flat, id_start[g], id_size[g], largest, spare)
         )
         lo = hi
+    # the MPP's own tokens (the root's, the items' IDs) see only the root, the items' IDs and
+    # the 1-hop prompts (an ID's children): one more bucket, one row per sample
     mpp = (n != PAD_NODE) & ~knowledge
-    width = int(mpp.sum(1).max())
-    first = flat[np.arange(b), np.argmax(mpp, 1)]
-    slots = np.cumsum(mpp, 1) - 1
-    mpp_index = np.repeat(first[:, None], width, 1)
-    mpp_targets = np.full((b, width), b * length)
-    rows, cols = np.nonzero(mpp)
-    mpp_index[rows, slots[rows, cols]] = flat[rows, cols]
-    mpp_targets[rows, slots[rows, cols]] = flat[rows, cols]
+    up = np.take_along_axis(par, np.maximum(tok_parent, 0), 1)
+    near = (mpp | (knowledge & (up == ROOT))) & mpp.any(1, keepdims=True)
+    sample = np.broadcast_to(np.arange(b)[:, None], (b, length))
+    m_flat, m_start, m_size, m_sample = _runs(sample[mpp], flat[mpp])
+    k_flat, k_start, k_size, k_sample = _runs(sample[near], flat[near])
+    if len(m_sample):  # (a made-up tree may have no MPP token at all)
+        assert np.array_equal(m_sample, k_sample)
+        buckets.append(
+            _bucket(m_flat, m_start, m_size, k_flat, k_start, k_size, m_size.max(), spare, 0)
+        )
     seen = _node_visibility(par)  # [B, N + 1, N + 1]
     width_n = seen.shape[1]
     node_col = np.where(n == PAD_NODE, width_n - 1, n).astype(np.int32)  # [B, L]
@@ -108,14 +111,9 @@ def plan(node_of_token: torch.Tensor, parents: torch.Tensor, ratio: float = RATI
         torch.from_numpy(node_col.reshape(-1)),
         length,
     )
-    mpp_rows = torch.from_numpy(mpp_index)
-    all_keys = torch.arange(b * length).view(b, length)
     return TreeBlocks(
         length=length,
         buckets=[Bucket(q, t, k, tables.lookup(q, k, valid)) for q, t, k, valid in buckets],
-        mpp=mpp_rows,
-        mpp_targets=torch.from_numpy(mpp_targets),
-        mpp_lookup=tables.lookup(mpp_rows, all_keys),
     )
 
 
@@ -149,14 +147,17 @@ def _bucket(
     id_size: np.ndarray,
     width: int,
     spare: int,
+    own: int = 1,
 ) -> tuple[torch.Tensor, ...]:
-    """Index arrays of one bucket: queries [G, width]; keys [G, ids + width], ID tokens first."""
+    """Index arrays of one bucket: queries and output rows [G, width], padded; keys [G, K]: each
+    row's run from ``i_flat`` (the item's ID tokens), then (``own``) its queries again."""
     q_off = np.arange(width)[None, :]
     real = q_off < q_size[:, None]
     queries = q_flat[q_start[:, None] + np.where(real, q_off, 0)]
-    k_width = int((id_size + q_size).max())
+    size = q_size[:, None] * own
+    k_width = int((id_size[:, None] + size).max())
     k_off = np.arange(k_width)[None, :]
-    ids, size = id_size[:, None], q_size[:, None]
+    ids = id_size[:, None]
     in_ids, in_q = k_off < ids, (k_off >= ids) & (k_off < ids + size)
     from_q = q_flat[q_start[:, None] + np.where(in_q, k_off - ids, 0)]
     from_ids = i_flat[id_start[:, None] + np.where(in_ids, k_off, 0)] if len(i_flat) else from_q
@@ -170,7 +171,7 @@ def _bucket(
 
 
 def masks(blocks: TreeBlocks, position_bias: torch.Tensor) -> list[torch.Tensor]:
-    """Float masks, once per forward: [G, H, Q, K] per bucket, then [B, H, M, L] for the MPP.
+    """Float masks, once per forward: [G, H, Q, K] per bucket.
 
     One lookup per bucket into a [H, 2L] table: T5's relative position bias for key - query =
     -(L - 1) .. L - 1 (it depends on nothing else; read from the first column and row of
@@ -178,8 +179,10 @@ def masks(blocks: TreeBlocks, position_bias: torch.Tensor) -> list[torch.Tensor]
     bias = position_bias[0]
     hidden = bias.new_full((bias.shape[0], 1), torch.finfo(bias.dtype).min)
     table = torch.cat([bias[:, 1:, 0].flip(1), bias[:, 0, :], hidden], 1)  # [H, 2L]
-    lookups = [bk.lookup for bk in blocks.buckets] + [blocks.mpp_lookup]
-    return [table.index_select(1, x.view(-1)).view(-1, *x.shape).transpose(0, 1) for x in lookups]
+    return [
+        table.index_select(1, bk.lookup.view(-1)).view(-1, *bk.lookup.shape).transpose(0, 1)
+        for bk in blocks.buckets
+    ]
 
 
 def _node_visibility(par: np.ndarray) -> np.ndarray:
@@ -224,28 +227,23 @@ def attention(
     scaling: float | None,
     dropout: float = 0.0,
 ) -> torch.Tensor:
-    """Encoder self-attention [B, H, L, d] -> [B, L, H, d] bucket by bucket, then the MPP rows.
+    """Encoder self-attention [B, H, L, d] -> [B, L, H, d], bucket by bucket.
 
     Rows of padding tokens come out zero (no real token attends to them)."""
     b, h, length, d = query.shape
     q, k, v = (x.transpose(1, 2).reshape(b * length, h, d) for x in (query, key, value))
     out = query.new_zeros(b * length + 1, h, d)  # + the spare row padding rows are written to
 
-    def run(
-        rows: torch.Tensor,
-        keys: tuple[torch.Tensor, torch.Tensor],
-        mask: torch.Tensor,
-        targets: torch.Tensor,
-    ) -> None:
-        o = torch.nn.functional.scaled_dot_product_attention(
-            _gather(q, rows), *keys, attn_mask=mask, dropout_p=dropout, scale=scaling
-        )
-        out.index_copy_(0, targets.reshape(-1), o.transpose(1, 2).reshape(-1, h, d))
-
     for bk, mask in zip(blocks.buckets, block_masks):
-        run(bk.queries, (_gather(k, bk.keys), _gather(v, bk.keys)), mask, bk.targets)
-    if blocks.mpp.shape[1]:  # (a made-up tree may have no MPP token at all)
-        run(blocks.mpp, (key, value), block_masks[-1], blocks.mpp_targets)
+        o = torch.nn.functional.scaled_dot_product_attention(
+            _gather(q, bk.queries),
+            _gather(k, bk.keys),
+            _gather(v, bk.keys),
+            attn_mask=mask,
+            dropout_p=dropout,
+            scale=scaling,
+        )
+        out.index_copy_(0, bk.targets.reshape(-1), o.transpose(1, 2).reshape(-1, h, d))
     return out[:-1].view(b, length, h, d)
 
 
