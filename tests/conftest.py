@@ -81,6 +81,24 @@ class World:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
 
+def random_tree(rng: np.random.Generator, length: int = 40) -> tuple:
+    """A made-up batch for the tree mask: (node_of_token [B, L], parents [B, N]) of 1-3 random
+    trees of any depth and shape, each node's tokens scattered anywhere, then padding."""
+    import torch
+
+    from kp4sr.tree_mask import PAD_NODE
+
+    b, n_nodes = int(rng.integers(1, 4)), int(rng.integers(1, 30))
+    parents = torch.full((b, n_nodes), -1, dtype=torch.long)
+    node = torch.full((b, length), PAD_NODE, dtype=torch.long)
+    for k in range(b):
+        for n in range(1, n_nodes):
+            parents[k, n] = int(rng.integers(0, n))
+        real = int(rng.integers(1, length + 1))
+        node[k, :real] = torch.from_numpy(rng.integers(0, n_nodes, real))
+    return node, parents
+
+
 def tokenizer_corpus(extra: list[str]) -> list[str]:
     """Prompt-like sentences for training a small tokenizer."""
     corpus = [t.replace("{", " ").replace("}", " ") for ts in MPP_TEMPLATES.values() for t in ts]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import random_tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +24,7 @@ from kp4sr.batching import bucketed_order, estimate_lengths, padding_share
 from kp4sr.data import KnowledgeGraph
 from kp4sr.prompts import Adjacency, PromptBuilder, PromptConfig
 from kp4sr.recommender import KP4SR, Config
-from kp4sr.tree_mask import PAD_NODE, encoder_mask, token_parents, tree_visibility
+from kp4sr.tree_mask import encoder_mask, token_parents, tree_visibility
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
 
@@ -150,14 +151,7 @@ def test_batch_assembly_equals_one_sample_at_a_time(rec, samples, hop, degree, m
 def test_cpu_mask_equals_the_broadcast_rule_on_random_trees():
     rng = np.random.default_rng(0)
     for _ in range(50):
-        b, n_nodes, length = int(rng.integers(1, 4)), int(rng.integers(1, 30)), 40
-        parents = torch.full((b, n_nodes), -1, dtype=torch.long)
-        node = torch.full((b, length), PAD_NODE, dtype=torch.long)
-        for k in range(b):
-            for n in range(1, n_nodes):
-                parents[k, n] = int(rng.integers(0, n))
-            real = int(rng.integers(1, length + 1))
-            node[k, :real] = torch.from_numpy(rng.integers(0, n_nodes, real))
+        node, parents = random_tree(rng)
         fast = encoder_mask(node, parents)
         p = token_parents(node, parents)
         n_i, n_j = node.unsqueeze(-1), node.unsqueeze(-2)

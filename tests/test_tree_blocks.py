@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import random_tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -95,14 +96,7 @@ def test_equals_the_dense_tree_mask_on_random_trees():
     """Trees of any depth and shape, tokens of a node scattered anywhere in the sequence."""
     rng = np.random.default_rng(0)
     for case in range(60):
-        b, n_nodes, length = int(rng.integers(1, 4)), int(rng.integers(1, 30)), 40
-        parents = torch.full((b, n_nodes), -1, dtype=torch.long)
-        node = torch.full((b, length), PAD_NODE, dtype=torch.long)
-        for s in range(b):
-            for n in range(1, n_nodes):
-                parents[s, n] = int(rng.integers(0, n))
-            real = int(rng.integers(1, length + 1))
-            node[s, :real] = torch.from_numpy(rng.integers(0, n_nodes, real))
+        node, parents = random_tree(rng)
         check(node, parents, ratio=float(rng.choice([0.0, 0.75, 1.0])), seed=case)
 
 

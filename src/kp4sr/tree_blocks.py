@@ -54,20 +54,38 @@ class TreeBlocks:
 
 
 def plan(node_of_token: torch.Tensor, parents: torch.Tensor, ratio: float = RATIO) -> TreeBlocks:
-    """The group buckets of a batch (CPU tensors [B, L] and [B, n_nodes], as :class:`Batch`);
-    the last bucket holds the MPP groups."""
-    n = node_of_token.numpy()
-    par = parents.numpy()
+    """The buckets of a batch (CPU tensors [B, L] and [B, n_nodes], as :class:`Batch`): the
+    knowledge groups', then one with the MPP groups."""
+    n, par = node_of_token.numpy(), parents.numpy()
     b, length = n.shape
-    n_nodes = par.shape[1]
-    ancestor = _item_ancestor(par)  # [B, n_nodes]
-    safe = np.maximum(n, 0)
-    tok_parent = np.where(n == PAD_NODE, PAD_PARENT, np.take_along_axis(par, safe, 1))
-    knowledge = (n > ROOT) & (tok_parent > ROOT)
-    item_id = (n > ROOT) & (tok_parent == ROOT)
+    tok_parent = np.where(n == PAD_NODE, PAD_PARENT, np.take_along_axis(par, np.maximum(n, 0), 1))
+    knowledge = tok_parent > ROOT  # below an item (the root's parent is -1, padding's -3)
     flat = np.arange(b * length).reshape(b, length)
-    group = np.arange(b)[:, None] * n_nodes + np.take_along_axis(ancestor, safe, 1)
+    spare = b * length  # the output row that padding rows are written to
+    buckets = _knowledge_buckets(n, par, tok_parent, knowledge, flat, ratio, spare)
+    buckets += _mpp_bucket(n, par, tok_parent, knowledge, flat, spare)
+    lookup = _Tables.of(n, par)
+    return TreeBlocks(
+        length=length,
+        buckets=[Bucket(q, t, k, lookup(q, k, valid)) for q, t, k, valid in buckets],
+    )
 
+
+def _knowledge_buckets(
+    n: np.ndarray,
+    par: np.ndarray,
+    tok_parent: np.ndarray,
+    knowledge: np.ndarray,
+    flat: np.ndarray,
+    ratio: float,
+    spare: int,
+) -> list[tuple[torch.Tensor, ...]]:
+    """One group per history item: its knowledge tokens as queries; its ID tokens and those
+    same tokens as keys. Groups sorted by size, cut where they shrink below ``ratio``."""
+    b, n_nodes = par.shape
+    item_of_node = _item_ancestor(par)  # [B, n_nodes]
+    group = np.arange(b)[:, None] * n_nodes + np.take_along_axis(item_of_node, np.maximum(n, 0), 1)
+    item_id = tok_parent == ROOT
     q_flat, q_start, q_size, q_group = _runs(group[knowledge], flat[knowledge])
     i_flat, i_start, i_size, i_group = _runs(group[item_id], flat[item_id])
     id_start = id_size = np.zeros_like(q_group)
@@ -75,46 +93,40 @@ def plan(node_of_token: torch.Tensor, parents: torch.Tensor, ratio: float = RATI
         at = np.minimum(np.searchsorted(i_group, q_group), len(i_group) - 1)
         found = i_group[at] == q_group
         id_start, id_size = np.where(found, i_start[at], 0), np.where(found, i_size[at], 0)
-
     buckets = []
     order = np.argsort(-q_size, kind="stable")
     lo = 0
-    spare = b * length
     while lo < len(order):
         largest = q_size[order[lo]]
         hi = lo + int(np.sum(q_size[order[lo:]] >= ratio * largest))
         g = order[lo:hi]
         buckets.append(
-            _bucket(q_flat, q_start[g], q_size[g], i_flat, id_start[g], id_size[g], largest, spare)
+            _bucket(q_flat, q_start[g], q_size[g], i_flat, id_start[g], id_size[g], spare)
         )
         lo = hi
-    # the MPP's own tokens (the root's, the items' IDs) see only the root, the items' IDs and
-    # the 1-hop prompts (an ID's children): one more bucket, one row per sample
+    return buckets
+
+
+def _mpp_bucket(
+    n: np.ndarray,
+    par: np.ndarray,
+    tok_parent: np.ndarray,
+    knowledge: np.ndarray,
+    flat: np.ndarray,
+    spare: int,
+) -> list[tuple[torch.Tensor, ...]]:
+    """One group per sample: the MPP's own tokens (the root's and the items' IDs) as queries;
+    the MPP and the 1-hop prompts (the IDs' children) as keys, all that those tokens see."""
     mpp = (n != PAD_NODE) & ~knowledge
-    up = np.take_along_axis(par, np.maximum(tok_parent, 0), 1)
-    near = (mpp | (knowledge & (up == ROOT))) & mpp.any(1, keepdims=True)
-    sample = np.broadcast_to(np.arange(b)[:, None], (b, length))
+    if not mpp.any():  # (a made-up tree may have no MPP token at all)
+        return []
+    one_hop = knowledge & (np.take_along_axis(par, np.maximum(tok_parent, 0), 1) == ROOT)
+    near = (mpp | one_hop) & mpp.any(1, keepdims=True)
+    sample = np.broadcast_to(np.arange(n.shape[0])[:, None], n.shape)
     m_flat, m_start, m_size, m_sample = _runs(sample[mpp], flat[mpp])
     k_flat, k_start, k_size, k_sample = _runs(sample[near], flat[near])
-    if len(m_sample):  # (a made-up tree may have no MPP token at all)
-        assert np.array_equal(m_sample, k_sample)
-        buckets.append(
-            _bucket(m_flat, m_start, m_size, k_flat, k_start, k_size, m_size.max(), spare, 0)
-        )
-    seen = _node_visibility(par)  # [B, N + 1, N + 1]
-    width_n = seen.shape[1]
-    node_col = np.where(n == PAD_NODE, width_n - 1, n).astype(np.int32)  # [B, L]
-    node_row = node_col + (np.arange(b, dtype=np.int32) * width_n)[:, None]
-    tables = _Tables(
-        torch.from_numpy(~seen.reshape(-1)),
-        torch.from_numpy(node_row.reshape(-1) * width_n),
-        torch.from_numpy(node_col.reshape(-1)),
-        length,
-    )
-    return TreeBlocks(
-        length=length,
-        buckets=[Bucket(q, t, k, tables.lookup(q, k, valid)) for q, t, k, valid in buckets],
-    )
+    assert np.array_equal(m_sample, k_sample)
+    return [_bucket(m_flat, m_start, m_size, k_flat, k_start, k_size, spare, queries_too=False)]
 
 
 def _item_ancestor(par: np.ndarray) -> np.ndarray:
@@ -142,31 +154,29 @@ def _bucket(
     q_flat: np.ndarray,
     q_start: np.ndarray,
     q_size: np.ndarray,
-    i_flat: np.ndarray,
-    id_start: np.ndarray,
-    id_size: np.ndarray,
-    width: int,
+    k_flat: np.ndarray,
+    k_start: np.ndarray,
+    k_size: np.ndarray,
     spare: int,
-    own: int = 1,
+    queries_too: bool = True,
 ) -> tuple[torch.Tensor, ...]:
-    """Index arrays of one bucket: queries and output rows [G, width], padded; keys [G, K]: each
-    row's run from ``i_flat`` (the item's ID tokens), then (``own``) its queries again."""
+    """Index arrays of one bucket: queries and output rows [G, Q], padded; keys [G, K]: each
+    group's run of ``k_flat``, then (``queries_too``) its queries again; key validity [G, K]."""
+    width = int(q_size.max())
     q_off = np.arange(width)[None, :]
     real = q_off < q_size[:, None]
     queries = q_flat[q_start[:, None] + np.where(real, q_off, 0)]
-    size = q_size[:, None] * own
-    k_width = int((id_size[:, None] + size).max())
-    k_off = np.arange(k_width)[None, :]
-    ids = id_size[:, None]
-    in_ids, in_q = k_off < ids, (k_off >= ids) & (k_off < ids + size)
-    from_q = q_flat[q_start[:, None] + np.where(in_q, k_off - ids, 0)]
-    from_ids = i_flat[id_start[:, None] + np.where(in_ids, k_off, 0)] if len(i_flat) else from_q
-    keys = np.where(in_ids, from_ids, np.where(in_q, from_q, queries[:, :1]))
+    first, second = k_size[:, None], q_size[:, None] * queries_too
+    k_off = np.arange(int((first + second).max()))[None, :]
+    in_first, in_second = k_off < first, (k_off >= first) & (k_off < first + second)
+    from_q = q_flat[q_start[:, None] + np.where(in_second, k_off - first, 0)]
+    from_k = k_flat[k_start[:, None] + np.where(in_first, k_off, 0)] if len(k_flat) else from_q
+    keys = np.where(in_first, from_k, np.where(in_second, from_q, queries[:, :1]))
     return (
         torch.from_numpy(queries),
         torch.from_numpy(np.where(real, queries, spare)),
         torch.from_numpy(keys),
-        torch.from_numpy(in_ids | in_q),
+        torch.from_numpy(in_first | in_second),
     )
 
 
@@ -200,11 +210,26 @@ class _Tables:
     """What a query-key pair's mask value is looked up from (flat over the batch's tokens)."""
 
     hidden: torch.Tensor  # [B * (N + 1) * (N + 1)] True where a node may not see a node
-    row: torch.Tensor  # [B * L] start of the token's node row in ``seen``
+    row: torch.Tensor  # [B * L] start of the token's node row in ``hidden``
     col: torch.Tensor  # [B * L] the token's node column
     length: int
 
-    def lookup(
+    @classmethod
+    def of(cls, n: np.ndarray, par: np.ndarray) -> _Tables:
+        """The tables of a batch: node ids [B, L], node parents [B, N]."""
+        b, length = n.shape
+        seen = _node_visibility(par)  # [B, N + 1, N + 1]
+        width = seen.shape[1]
+        col = np.where(n == PAD_NODE, width - 1, n).astype(np.int32)  # [B, L]
+        row = (col + (np.arange(b, dtype=np.int32) * width)[:, None]) * width
+        return cls(
+            torch.from_numpy(~seen.reshape(-1)),
+            torch.from_numpy(row.reshape(-1)),
+            torch.from_numpy(col.reshape(-1)),
+            length,
+        )
+
+    def __call__(
         self, q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor | None = None
     ) -> torch.Tensor:
         """[G, Q, K] index into :func:`masks`' table: key - query + L - 1 where query token
