@@ -54,7 +54,7 @@ from transformers.models.t5.modeling_t5 import T5DenseActDense
 from kp4sr import toy
 from kp4sr.data import Sample
 from kp4sr.decoding import ItemTrie
-from kp4sr.model import ATTENTION, Batch, additive_mask, build_model
+from kp4sr.model import ATTENTION, Batch, additive_mask, build_model, set_tree_blocks
 from kp4sr.prompts import PromptBuilder
 from kp4sr.recommender import KP4SR, Config
 from kp4sr.templates import HISTORY_SEPARATOR
@@ -349,6 +349,7 @@ def make_recommender(args: argparse.Namespace, device: torch.device) -> KP4SR:
         beams=args.beams,
         device=str(device),
         workers=args.workers,
+        tree_blocks=args.tree_blocks,
     )
     ds = toy.generate(seed=0, n_users=args.toy_users) if args.toy_users else toy.generate(seed=0)
     return KP4SR.create(cfg, dataset=ds)
@@ -468,6 +469,7 @@ def bench_train(
     def new_model(attn: str) -> Any:
         torch.manual_seed(0)
         m = build_model(size, len(tok), pad, tok.eos_token_id, dropout=0.1).to(device)
+        set_tree_blocks(m, rec.config.tree_blocks)
         return (m if attn == ATTENTION else stock(m, attn)).train()
 
     def step(model: Any, opt: Any, batch: Batch, mask4d: torch.Tensor | None) -> torch.Tensor:
@@ -585,6 +587,7 @@ def bench_attention(
     for impl in impls:
         torch.manual_seed(0)
         model = build_model(size, len(tok), tok.pad_token_id, tok.eos_token_id, dropout=0.0)
+        set_tree_blocks(model, rec.config.tree_blocks)
         model = model.to(device).train()
         try:
             model.set_attn_implementation(impl)
@@ -803,6 +806,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (ours)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--toy-users", type=int, default=0, help="toy dataset users (0: default)")
+    ap.add_argument(
+        "--tree-blocks", default="auto", help="ours: tree-block attention auto | on | off"
+    )
     ap.add_argument("--attention", action="store_true", help="also time eager/SDPA(/flex)")
     ap.add_argument(
         "--attention-only", action="store_true", help="only time eager/SDPA(/flex) per size"

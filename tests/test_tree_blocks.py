@@ -197,3 +197,25 @@ def test_attention_dropout_applies_in_blocks():
     torch.manual_seed(0)
     dropped = tree_blocks.attention(q, k, v, blocks, masks, None, dropout=0.5)
     assert torch.isfinite(dropped).all() and not torch.allclose(plain, dropped)
+
+
+@pytest.mark.parametrize("mode, used", [("auto", True), ("on", True), ("off", False)])
+def test_tree_blocks_option(mode, used, monkeypatch):
+    """Config.tree_blocks (--tree-blocks) decides for training and ranking; auto on a CPU."""
+    calls = []
+    plan = tree_blocks.plan
+    monkeypatch.setattr(tree_blocks, "plan", lambda *a, **k: calls.append(1) or plan(*a, **k))
+    ds = toy.generate(seed=1, n_users=20, n_items=30)
+    rec = KP4SR.create(Config(max_length=64, beams=5, tree_blocks=mode), dataset=ds)
+    assert rec.model.config.kp4sr_tree_blocks == mode
+    samples = rec.split.test[:3]
+    rec.rank([s.user for s in samples], [s.history for s in samples])
+    assert bool(calls) is used
+
+
+def test_tree_blocks_option_is_checked():
+    from kp4sr.errors import ConfigError
+
+    ds = toy.generate(seed=1, n_users=20, n_items=30)
+    with pytest.raises(ConfigError, match="--tree-blocks is 'sometimes'"):
+        KP4SR.create(Config(max_length=64, tree_blocks="sometimes"), dataset=ds)

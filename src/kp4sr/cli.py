@@ -39,6 +39,7 @@ OPTION_HELP: dict[str, str] = {
     "max_length": "encoder input cap in tokens (default 512)",
     "knowledge": "MPP only, no knowledge prompts (the P5-style model)",
     "tree_mask": "full attention instead of the knowledge tree mask (no prompt denoising)",
+    "tree_blocks": "compute tree-masked attention group by group: auto (on a CPU) | on | off",
     "backbone": "tiny | small | t5-small (from scratch) or a local Hugging Face T5 folder",
     "vocab_size": "vocabulary size of the tokenizer trained on the dataset (default 8000)",
     "dropout": "dropout rate (default 0.1)",

@@ -34,6 +34,9 @@ SIZES: dict[str, dict[str, int]] = {
 
 # The attention implementation our models run (registered with transformers below).
 ATTENTION = "kp4sr_sdpa"
+# When the encoder computes tree-masked attention group by group (kp4sr.tree_blocks): "auto"
+# where it measured faster (a CPU), or always, or never. Kept in the model's config.
+TREE_BLOCKS = ("auto", "on", "off")
 
 
 def kp4sr_attention(
@@ -274,6 +277,13 @@ class Batch:
         )
 
 
+def set_tree_blocks(model: T5ForConditionalGeneration, mode: str) -> None:
+    """Choose when :func:`encode` uses tree blocks for this model: one of ``TREE_BLOCKS``."""
+    if mode not in TREE_BLOCKS:
+        raise ValueError(f"tree blocks {mode!r}: expected one of {', '.join(TREE_BLOCKS)}")
+    model.config.kp4sr_tree_blocks = mode
+
+
 def encode(
     model: T5ForConditionalGeneration,
     batch: Batch,
@@ -283,20 +293,23 @@ def encode(
     """Run the encoder under the knowledge tree mask (or full attention without PD).
 
     ``blocks``: compute the tree-masked attention group by group (:mod:`kp4sr.tree_blocks`)
-    instead of over the whole L x L square. By default where it measured faster: on a CPU, under
-    our attention, for training and evaluation alike (not measured on a GPU, so off there).
-    Outputs at padding positions are then zero instead of (unused) noise.
+    instead of over the whole L x L square. By default as :func:`set_tree_blocks` chose for the
+    model, else "auto": where it measured faster, on a CPU, for training and evaluation alike
+    (not measured on a GPU, so off there); only ever under our attention. Outputs at padding
+    positions are then zero instead of (unused) noise.
     """
     attn = model.get_encoder().config._attn_implementation
     if blocks is None:
+        mode = getattr(model.config, "kp4sr_tree_blocks", "auto")
         cpu = batch.input_ids.device.type == "cpu"
-        blocks = attn == ATTENTION and cpu
+        blocks = attn == ATTENTION and (mode == "on" or (mode == "auto" and cpu))
     elif blocks and attn != ATTENTION:
         raise ValueError(f"tree blocks need the {ATTENTION} attention, not {attn}")
     shared: dict = {}  # what every layer shares, built by the first (kp4sr_attention)
     mask4d = None
     if blocks and tree_mask:  # the plan replaces the [B, 1, L, L] mask
-        shared["blocks"] = tree_blocks.plan(batch.node_of_token.cpu(), batch.parents.cpu())
+        plan = tree_blocks.plan(batch.node_of_token.cpu(), batch.parents.cpu())
+        shared["blocks"] = plan.to(batch.input_ids.device)
     else:
         mask4d = encoder_mask(batch.node_of_token, batch.parents, tree=tree_mask)
         if attn == "eager":

@@ -23,7 +23,7 @@ key columns are masked, so no row is ever fully masked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -51,6 +51,16 @@ class TreeBlocks:
 
     length: int  # L
     buckets: list[Bucket]
+
+    def to(self, device: torch.device | str) -> TreeBlocks:
+        """The plan (made on the CPU) where the model runs."""
+        return TreeBlocks(
+            self.length,
+            [
+                Bucket(*(getattr(b, f.name).to(device, non_blocking=True) for f in fields(b)))
+                for b in self.buckets
+            ],
+        )
 
 
 def plan(node_of_token: torch.Tensor, parents: torch.Tensor, ratio: float = RATIO) -> TreeBlocks:

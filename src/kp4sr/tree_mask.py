@@ -23,6 +23,9 @@ three broadcast comparisons, for any batch shape and with no loop over tokens:
 The root's parent is ``ROOT_PARENT`` (-1), which no other token has. Padding tokens get node
 ``PAD_NODE`` and parent ``PAD_PARENT``: they match no real token, so real tokens never see
 padding, and padding rows see only padding (a fully masked row would give NaNs in softmax).
+
+On a CPU the encoder applies this same rule without the [B, 1, L, L] mask: attention is computed
+only inside the groups of tokens that can see each other (:mod:`kp4sr.tree_blocks`).
 """
 
 from __future__ import annotations
