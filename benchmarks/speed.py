@@ -583,11 +583,15 @@ def bench_attention(
     ).to(device)
     use_bf16 = device.type == "cuda"
     out: dict[str, Any] = {}
-    impls = ["eager", "sdpa", ATTENTION] + (["flex_attention"] if device.type == "cuda" else [])
-    for impl in impls:
+    # ours with and without tree blocks (the others ignore them)
+    impls = [("eager", "off"), ("sdpa", "off"), (ATTENTION, "on"), (ATTENTION, "off")]
+    if device.type == "cuda":
+        impls.append(("flex_attention", "off"))
+    for impl, blocks in impls:
+        name = f"{impl} (tree blocks {blocks})" if impl == ATTENTION else impl
         torch.manual_seed(0)
         model = build_model(size, len(tok), tok.pad_token_id, tok.eos_token_id, dropout=0.0)
-        set_tree_blocks(model, rec.config.tree_blocks)
+        set_tree_blocks(model, blocks)
         model = model.to(device).train()
         try:
             model.set_attn_implementation(impl)
@@ -601,9 +605,9 @@ def bench_attention(
 
             once()
             value, secs = timed(lambda: [once() for _ in range(reps)][-1], device)
-            out[impl] = {"seconds_per_step": round(secs / reps, 4), "loss": round(value, 5)}
+            out[name] = {"seconds_per_step": round(secs / reps, 4), "loss": round(value, 5)}
         except Exception as e:  # flex_attention may be unavailable: record why and go on
-            out[impl] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+            out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
         del model
         gc.collect()
     return out
@@ -675,6 +679,12 @@ def bench_encoder(rec: KP4SR, n_users: int, device: torch.device) -> dict[str, A
     reference = stock(rec.model, "sdpa").eval()
     encoder(rec.model)  # warm-up
     _, ours = timed(lambda: encoder(rec.model), device)
+    mode = rec.model.config.kp4sr_tree_blocks
+    set_tree_blocks(rec.model, "off")
+    try:
+        _, dense = timed(lambda: encoder(rec.model), device)
+    finally:
+        set_tree_blocks(rec.model, mode)
     _, theirs = timed(lambda: encoder(reference), device)
     users = [x.user for x in samples]
     _, whole = timed(lambda: rec.rank(users, [x.history for x in samples]), device)
@@ -682,6 +692,7 @@ def bench_encoder(rec: KP4SR, n_users: int, device: torch.device) -> dict[str, A
     return {
         "users": len(samples),
         "encoder_ms_per_user": round(ours * per_user, 2),
+        "encoder_without_tree_blocks_ms_per_user": round(dense * per_user, 2),
         "transformers_sdpa_encoder_ms_per_user": round(theirs * per_user, 2),
         "beam_search_ms_per_user": round(whole * per_user, 2),
     }
@@ -763,7 +774,8 @@ def table(r: dict[str, Any]) -> str:
         rows.append(
             f"| encoder alone, ms per user (tree mask; reference: transformers' sdpa) | "
             f"{c['transformers_sdpa_encoder_ms_per_user']} | {c['encoder_ms_per_user']} | "
-            f"(a whole beam search: {c['beam_search_ms_per_user']} ms per user) |"
+            f"(without tree blocks: {c['encoder_without_tree_blocks_ms_per_user']}; a whole beam "
+            f"search: {c['beam_search_ms_per_user']} ms per user) |"
         )
     if "full_rank" in r:
         f = r["full_rank"]

@@ -49,13 +49,11 @@ class Bucket:
 class TreeBlocks:
     """Where every real token's attention is computed: in exactly one bucket."""
 
-    length: int  # L
     buckets: list[Bucket]
 
     def to(self, device: torch.device | str) -> TreeBlocks:
         """The plan (made on the CPU) where the model runs."""
         return TreeBlocks(
-            self.length,
             [
                 Bucket(*(getattr(b, f.name).to(device, non_blocking=True) for f in fields(b)))
                 for b in self.buckets
@@ -76,7 +74,6 @@ def plan(node_of_token: torch.Tensor, parents: torch.Tensor, ratio: float = RATI
     buckets += _mpp_bucket(n, par, tok_parent, knowledge, flat, spare)
     lookup = _Tables.of(n, par)
     return TreeBlocks(
-        length=length,
         buckets=[Bucket(q, t, k, lookup(q, k, valid)) for q, t, k, valid in buckets],
     )
 
