@@ -25,7 +25,7 @@ from kp4sr.benchmark import machine, write_report
 from kp4sr.data import default_data_dir
 from kp4sr.evaluation import format_table
 from kp4sr.recommender import KP4SR, Config
-from kp4sr.training import fit
+from kp4sr.training import fit, resume
 
 VARIANTS = {
     "kp4sr": {},
@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-item", type=int, default=0, help="k-core (default 0: no filtering)")
     p.add_argument("--quick", action="store_true", help="first 200 validation users only")
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each variant's run in OUT from its last checkpoint (long runs that span "
+        "several sittings; the options given must be the run's own)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -120,10 +126,18 @@ def main(argv: list[str] | None = None) -> int:
             **{**overrides, **VARIANTS[name]},
         )
         t0 = time.perf_counter()
-        rec = KP4SR.create(cfg)
-        if args.quick:
-            rec.split.valid[:] = rec.split.valid[:200]
-        res = fit(rec, out / name, progress=True)
+        run = out / name
+        if args.resume and (run / "config.json").is_file():
+            saved = json.loads((run / "config.json").read_text())
+            changed = {k for k, v in cfg.__dict__.items() if k != "data_dir" and saved.get(k) != v}
+            if changed:
+                p.error(f"--resume: {run} was started with other {', '.join(sorted(changed))}")
+            res = resume(run, progress=True)
+        else:
+            rec = KP4SR.create(cfg)
+            if args.quick:
+                rec.split.valid[:] = rec.split.valid[:200]
+            res = fit(rec, run, progress=True)
         res["wall_seconds"] = round(time.perf_counter() - t0, 1)
         res.update(model=name, config=cfg.__dict__, machine=machine())
         results.append(res)

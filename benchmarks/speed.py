@@ -54,7 +54,14 @@ from transformers.models.t5.modeling_t5 import T5DenseActDense
 from kp4sr import toy
 from kp4sr.data import Sample
 from kp4sr.decoding import ItemTrie
-from kp4sr.model import ATTENTION, Batch, additive_mask, build_model, set_tree_blocks
+from kp4sr.model import (
+    ATTENTION,
+    Batch,
+    additive_mask,
+    build_model,
+    set_tree_blocks,
+    use_torch_dropout,
+)
 from kp4sr.prompts import PromptBuilder
 from kp4sr.recommender import KP4SR, Config
 from kp4sr.templates import HISTORY_SEPARATOR
@@ -357,8 +364,9 @@ def make_recommender(args: argparse.Namespace, device: torch.device) -> KP4SR:
 
 def stock(model: Any, attn: str) -> Any:
     """A copy of ``model`` as stock ``transformers`` runs it: attention ``attn``, T5's own
-    position bias and a ReLU that allocates its output (none of kp4sr.model.use_fast_paths)."""
-    plain = copy.deepcopy(model)
+    position bias, a ReLU that allocates its output and ``nn.Dropout`` (none of
+    kp4sr.model.use_fast_paths)."""
+    plain = use_torch_dropout(copy.deepcopy(model))
     plain.set_attn_implementation(attn)
     for module in plain.modules():
         if isinstance(module, T5DenseActDense):

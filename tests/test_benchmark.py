@@ -22,6 +22,11 @@ def test_quick_benchmark_on_toy(tmp_path, capsys):
     assert all(f"| {m} |" in md for m in MODELS)
     printed = capsys.readouterr().out
     assert "| kp4sr |" in printed
+    # every model's run keeps its validation curve: the baselines' per-epoch log, KP4SR's metrics
+    for name in ("gru4rec", "sasrec", "bert4rec"):
+        log = json.loads((out / f"{name}-seed0" / f"{name}.json").read_text())["log"]
+        assert [e["epoch"] for e in log] == [1, 2, 3] and "NDCG@10" in log[0]["valid"]
+    assert (out / "kp4sr-seed0" / "metrics.jsonl").is_file()
 
 
 def test_summary_table_mean_and_std():

@@ -310,3 +310,36 @@ def test_time_budget_stops_after_the_epoch_that_passes_it(tmp_path, small_toy):
     rec = KP4SR.create(Config(**cfg), dataset=small_toy)
     fit(rec, tmp_path / "all", progress=False)
     assert len((tmp_path / "all" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("precision, want", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_precision_sets_the_training_autocast(tmp_path, small_toy, precision, want):
+    """``--precision bf16`` trains the T5's matrix products in bf16 on a CPU too (fp32 weights);
+    ``fp32`` and the CPU's ``auto`` keep them in fp32. Seen from inside the training steps."""
+    cfg = {**SMALL, "epochs": 1, "samples_per_epoch": 64}
+    rec = KP4SR.create(Config(**cfg, precision=precision), dataset=small_toy)
+    seen: set[torch.dtype] = set()
+    layer = rec.model.get_encoder().block[0].layer[1].DenseReluDense.wi
+
+    def record(module, inputs, output):
+        if module.training:
+            seen.add(output.dtype)
+
+    layer.register_forward_hook(record)
+    res = fit(rec, tmp_path / precision, progress=False)
+    assert seen == {want}
+    assert all(p.dtype == torch.float32 for p in rec.model.parameters())
+    assert np.isfinite(res["valid"]["NDCG@10"])
+
+
+def test_precision_is_checked(small_toy):
+    from kp4sr.errors import ConfigError
+    from kp4sr.model import train_in_bf16
+
+    with pytest.raises(ConfigError, match="--precision is 'fp16'"):
+        KP4SR.create(Config(**SMALL, precision="fp16"), dataset=small_toy)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not train_in_bf16("auto", cpu) and train_in_bf16("auto", cuda)
+    assert train_in_bf16("bf16", cpu) and not train_in_bf16("fp32", cuda)
+    with pytest.raises(ValueError, match="precision"):
+        train_in_bf16("half", cpu)

@@ -12,7 +12,16 @@ from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Attention, T5DenseActDense
 
 from kp4sr.decoding import ItemTrie, beam_search
-from kp4sr.model import ATTENTION, build_model, encode, loss, toeplitz_bias
+from kp4sr.model import (
+    ATTENTION,
+    FastDropout,
+    build_model,
+    encode,
+    keep_mask,
+    loss,
+    toeplitz_bias,
+    use_torch_dropout,
+)
 from kp4sr.prompts import collate
 from kp4sr.tree_mask import encoder_mask
 
@@ -30,7 +39,7 @@ def pair(world):
     torch.manual_seed(0)
     tok = world.tokenizer
     ours = build_model("tiny", len(tok), tok.pad_token_id, tok.eos_token_id, dropout=0.0)
-    theirs = copy.deepcopy(ours)
+    theirs = use_torch_dropout(copy.deepcopy(ours))
     theirs.set_attn_implementation("sdpa")
     for module in theirs.modules():  # stock transformers: a ReLU that allocates its output,
         if isinstance(module, T5DenseActDense):  # T5's own position bias
@@ -200,3 +209,47 @@ def test_toeplitz_bias_equals_t5s_position_bias(decoder):
     for q, k, past in [(512, 512, 0), (1, 5, 4), (7, 3, 0), (1, 1, 0), (300, 300, 0), (3, 10, 7)]:
         ours = toeplitz_bias(module, q, k, past_seen_tokens=past)
         assert torch.equal(ours, module.compute_bias(q, k, past_seen_tokens=past)), (q, k, past)
+
+
+def test_fast_dropout_replaces_every_dropout_layer(pair):
+    ours, theirs = pair
+    kinds = {type(m) for m in ours.modules()} & {FastDropout, torch.nn.Dropout}
+    assert kinds == {FastDropout}
+    assert FastDropout not in {type(m) for m in theirs.modules()}
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_fast_dropout_keeps_each_element_with_probability_one_minus_p(p):
+    """Every 16-bit lane of the random words is uniform: the kept share is 1 - p in each of the
+    four lanes (a generator word with a fixed top bit would keep every element of one lane),
+    kept values are scaled by 1 / (1 - p), and the mean is preserved."""
+    torch.manual_seed(0)
+    x = torch.ones(400_000, 3)
+    drop = FastDropout(p).train()
+    y = drop(x)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    lanes = kept.reshape(-1, 4).float().mean(0)  # element k comes from lane k mod 4
+    assert torch.allclose(lanes, torch.full_like(lanes, 1 - p), atol=0.005), lanes
+    assert abs(float(y.mean()) - 1.0) < 0.01
+    assert abs(float(kept[1:].eq(kept[:-1]).float().mean()) - (p**2 + (1 - p) ** 2)) < 0.005
+
+
+def test_fast_dropout_gradient_reproducibility_and_eval():
+    x = torch.randn(64, 33, requires_grad=True)
+    drop = FastDropout(0.3).train()
+    torch.manual_seed(5)
+    y = drop(x)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y != 0).float() / 0.7)  # d/dx of the kept, scaled x
+    torch.manual_seed(5)
+    assert torch.equal(drop(x.detach()), y.detach())  # the seeded generator decides
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(FastDropout(0.0).train()(x), x)
+    assert torch.equal(FastDropout(1.0).train()(x), torch.zeros_like(x))
+    z = x.detach().clone()
+    torch.manual_seed(5)
+    assert torch.equal(FastDropout(0.3, inplace=True).train()(z), y.detach()) and torch.equal(
+        z, y.detach()
+    )
+    assert keep_mask(torch.zeros(7, 5, dtype=torch.bfloat16), 0.2).dtype == torch.bfloat16

@@ -287,3 +287,20 @@ def test_speed_benchmark_smoke(tmp_path):
     assert saved["encoder"]["encoder_ms_per_user"] > 0
     assert saved["summary"] == summary
     assert (tmp_path / "results.md").read_text().startswith("# Speed")
+
+
+def test_precision_benchmark_smoke(tmp_path):
+    """A reduced run of benchmarks/precision.py on toy: every variant timed, and bf16 autocast
+    gives the fp32 loss on the first batch from the same weights to about 1e-2."""
+    spec = importlib.util.spec_from_file_location(
+        "precision", ROOT_DIR / "benchmarks" / "precision.py"
+    )
+    precision = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(precision)
+    args = ["--dataset=toy", "--steps=2", "--block=1", "--length=64", "--batch-size=8"]
+    assert precision.main([*args, f"--out={tmp_path}"]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res["seconds_per_step"]) == {"fp32 nn.Dropout", "fp32", "bf16"}
+    assert all(v > 0 for v in res["seconds_per_step"].values())
+    first = res["first_batch_loss"]
+    assert abs(first["bf16"] - first["fp32"]) < 0.05 and first["fp32"] > 1.0

@@ -56,7 +56,9 @@ def run_benchmark(
         for name in models:
             if name in BASELINES:
                 cfg = BaselineConfig(seed=seed, epochs=3 if quick else 30)
-                res = run_baseline(name, dataset, split, base.max_items, cfg)
+                # DIR/<model>-seed<S>/<model>.json keeps the per-epoch validation curve
+                run = out / f"{name}-seed{seed}"
+                res = run_baseline(name, dataset, split, base.max_items, cfg, out=run)
                 row = {"model": name, "seed": seed, **res["test"]}
                 row.update(train_seconds=res["train_seconds"], valid=res["valid"])
             else:

@@ -32,7 +32,14 @@ from kp4sr.data import (
 from kp4sr.decoding import INVALID, MISSING, ItemTrie, Ranked, beam_search, full_scores
 from kp4sr.errors import ConfigError, DataError
 from kp4sr.evaluation import metrics, target_ranks
-from kp4sr.model import TREE_BLOCKS, build_model, check_backbone, is_preset, set_tree_blocks
+from kp4sr.model import (
+    PRECISIONS,
+    TREE_BLOCKS,
+    build_model,
+    check_backbone,
+    is_preset,
+    set_tree_blocks,
+)
 from kp4sr.prompts import FusedPrompt, PromptBuilder, PromptConfig
 from kp4sr.templates import load_relation_templates, mpp_templates, resolve_relation_templates
 from kp4sr.tokenization import (
@@ -80,6 +87,7 @@ class Config:
     knowledge: bool = True  # False: MPP only (the P5-style model)
     tree_mask: bool = True  # False: full attention (no prompt denoising)
     tree_blocks: str = "auto"  # tree-masked attention group by group: auto (on a CPU) | on | off
+    precision: str = "auto"  # training autocast: auto (bf16 on a GPU, fp32 on a CPU) | fp32 | bf16
     backbone: str = "tiny"  # tiny | small | t5-small | path to a local HF T5 checkpoint
     vocab_size: int = 8000  # tokenizer trained from scratch: target vocabulary size
     dropout: float = 0.1
@@ -152,6 +160,10 @@ class KP4SR:
         if config.tree_blocks not in TREE_BLOCKS:
             raise ConfigError(
                 f"--tree-blocks is {config.tree_blocks!r}: expected {' | '.join(TREE_BLOCKS)}"
+            )
+        if config.precision not in PRECISIONS:
+            raise ConfigError(
+                f"--precision is {config.precision!r}: expected {' | '.join(PRECISIONS)}"
             )
         self.model = model
         set_tree_blocks(model, config.tree_blocks)

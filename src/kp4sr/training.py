@@ -36,7 +36,7 @@ from kp4sr import checkpoint, distributed
 from kp4sr.batching import bucketed_order, estimate_lengths
 from kp4sr.data import Sample
 from kp4sr.evaluation import format_table
-from kp4sr.model import Batch, loss
+from kp4sr.model import Batch, loss, train_in_bf16
 from kp4sr.recommender import KP4SR
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def fit(rec: KP4SR, out: str | Path, progress: bool = True, resume: bool = False
             rec.save_pretrained(out)
         log_path.write_text("")
     net = distributed.wrap(_Loss(model, cfg.tree_mask), device) if group.world > 1 else None
-    use_bf16 = device.type == "cuda"
+    use_bf16 = train_in_bf16(cfg.precision, device)
     t0 = time.perf_counter() - prog.elapsed
 
     def save_checkpoint() -> None:
