@@ -24,8 +24,10 @@ def test_quick_benchmark_on_toy(tmp_path, capsys):
     assert "| kp4sr |" in printed
     # every model's run keeps its validation curve: the baselines' per-epoch log, KP4SR's metrics
     for name in ("gru4rec", "sasrec", "bert4rec"):
-        log = json.loads((out / f"{name}-seed0" / f"{name}.json").read_text())["log"]
+        saved = json.loads((out / f"{name}-seed0" / f"{name}.json").read_text())
+        log = saved["log"]
         assert [e["epoch"] for e in log] == [1, 2, 3] and "NDCG@10" in log[0]["valid"]
+        assert saved["train_positions"] > 0  # samples per epoch, for curves by samples seen
     assert (out / "kp4sr-seed0" / "metrics.jsonl").is_file()
 
 
@@ -169,3 +171,28 @@ def test_benchmark_seeds_start_at_the_config_seed(tmp_path):
     rows = run_benchmark(ds, Config(seed=3), tmp_path, seeds=2, models=("pop",), progress=False)
     assert [(r["model"], r["seed"]) for r in rows] == [("pop", 3), ("pop", 4)]
     assert all(r["machine"] for r in rows)
+
+
+def test_curves_put_runs_on_one_axis_of_samples_seen(tmp_path):
+    """benchmarks/curves.py: a KP4SR folder's validated epochs and a baseline's epochs, each
+    at the number of training samples it had seen."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("curves", root / "benchmarks" / "curves.py")
+    curves = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curves)
+    run = tmp_path / "kp4sr"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps([{"config": {"samples_per_epoch": 500}}]))
+    lines = [{"epoch": 1}, {"epoch": 2, "valid": {"NDCG@10": 0.25}}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    base = tmp_path / "sasrec.json"
+    log = [{"epoch": e, "valid": {"NDCG@10": v}} for e, v in ((1, 0.1), (2, 0.2))]
+    base.write_text(json.dumps({"train_positions": 300, "log": log}))
+    out = tmp_path / "out"
+    assert curves.main([f"kp4sr={run}", f"sasrec={base}", "--out", str(out)]) == 0
+    md = (out / "curves.md").read_text()
+    assert "| kp4sr | 1,000 | 0.2500 |" in md
+    assert "| sasrec | 300 | 0.1000 |" in md and "| sasrec | 600 | 0.2000 |" in md

@@ -282,6 +282,7 @@ def run_baseline(
         "seed": config.seed,
         "train_seconds": round(seconds, 2),
         "best_epoch": info.get("best_epoch", 0),
+        "train_positions": len(split.train),  # samples per epoch: every training position
         "valid": model.evaluate(dataset, split.valid),
         "test": model.evaluate(dataset, split.test),
         "config": asdict(config),
