@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from kp4sr.benchmark import MODELS, summary_table
 from kp4sr.cli import main
 
@@ -52,7 +54,8 @@ def test_benchmark_scripts_run(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "benchmarks"
-    for script in ("ml100k.py", "baselines.py", "determinism.py", "merge_results.py"):
+    scripts = ("ml100k.py", "baselines.py", "determinism.py", "merge_results.py", "precision.py")
+    for script in (*scripts, "curves.py"):
         done = subprocess.run([sys.executable, str(root / script), "--help"], capture_output=True)
         assert done.returncode == 0, done.stderr.decode()
     out = tmp_path / "bl"
@@ -196,3 +199,23 @@ def test_curves_put_runs_on_one_axis_of_samples_seen(tmp_path):
     md = (out / "curves.md").read_text()
     assert "| kp4sr | 1,000 | 0.2500 |" in md
     assert "| sasrec | 300 | 0.1000 |" in md and "| sasrec | 600 | 0.2000 |" in md
+
+
+def test_ml100k_resume_continues_a_run_and_refuses_other_options(tmp_path, capsys):
+    """``benchmarks/ml100k.py --resume``: a finished run is returned as it is, a run with other
+    options is refused before anything trains. Needs the real ML-100k (skips without)."""
+    from test_datasets import real_data
+
+    data = real_data()
+    main = _load_script("ml100k.py").main
+    base = ["--data-dir", str(data), "--variants", "no-knowledge", "--samples-per-epoch", "64"]
+    base += ["--max-length", "32", "--quick", "--set", "beams=2", "--out", str(tmp_path)]
+    assert main([*base, "--epochs", "1"]) == 0
+    first = json.loads((tmp_path / "results.json").read_text())[0]
+    assert main([*base, "--epochs", "1", "--resume"]) == 0
+    again = json.loads((tmp_path / "results.json").read_text())[0]
+    assert again["test"] == first["test"] and again["best_epoch"] == 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*base, "--epochs", "2", "--resume"])
+    assert "was started with other epochs" in capsys.readouterr().err
