@@ -55,7 +55,7 @@ def test_benchmark_scripts_run(tmp_path):
 
     root = Path(__file__).resolve().parents[1] / "benchmarks"
     scripts = ("ml100k.py", "baselines.py", "determinism.py", "merge_results.py", "precision.py")
-    for script in (*scripts, "curves.py"):
+    for script in (*scripts, "curves.py", "prompt_stats.py"):
         done = subprocess.run([sys.executable, str(root / script), "--help"], capture_output=True)
         assert done.returncode == 0, done.stderr.decode()
     out = tmp_path / "bl"
@@ -219,3 +219,22 @@ def test_ml100k_resume_continues_a_run_and_refuses_other_options(tmp_path, capsy
     with pytest.raises(SystemExit):
         main([*base, "--epochs", "2", "--resume"])
     assert "was started with other epochs" in capsys.readouterr().err
+
+
+def test_prompt_stats_count_facts_per_hop_under_each_cap(tmp_path):
+    """benchmarks/prompt_stats.py on toy: a tight cap keeps fewer facts than no cap, hop-2
+    facts only where hop 2 is asked for, and the table names the relations."""
+    mod = _load_script("prompt_stats.py")
+    from kp4sr import toy
+    from kp4sr.recommender import KP4SR, Config
+
+    rec = KP4SR.create(
+        Config(hop=2, degree=3, min_user=0, min_item=0), dataset=toy.generate(seed=0)
+    )
+    tight, loose = mod.stats(rec, 48, 2, 3), mod.stats(rec, 4096, 2, 3)
+    assert tight["length"] <= 48 < loose["length"]
+    assert tight["hop1"] + tight["hop2"] < loose["hop1"] + loose["hop2"] and loose["hop2"] > 0
+    assert mod.stats(rec, 4096, 1, 3)["hop2"] == 0
+    assert mod.main(["--dataset", "toy", "--max-lengths", "48", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "prompt_stats.md").read_text()
+    assert "| 48 |" in table and "| none |" in table
