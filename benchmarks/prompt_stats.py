@@ -69,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hop", type=int, default=2)
     p.add_argument("--degree", type=int, default=3)
     p.add_argument("--kg", default=None, help="metadata | freebase | both (default: all present)")
+    p.add_argument("--relations", default=None, help="keep these relations, in this priority")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    base = dict(hop=args.hop, degree=args.degree, kg=args.kg, min_user=0, min_item=0)
+    base = dict(hop=args.hop, degree=args.degree, kg=args.kg, relations=args.relations)
+    base.update(min_user=0, min_item=0)
     if args.dataset == "toy":
         rec = KP4SR.create(Config(**base), dataset=toy.generate(seed=0))
     else:

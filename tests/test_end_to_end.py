@@ -343,3 +343,28 @@ def test_precision_is_checked(small_toy):
     assert train_in_bf16("bf16", cpu) and not train_in_bf16("fp32", cuda)
     with pytest.raises(ValueError, match="precision"):
         train_in_bf16("half", cpu)
+
+
+def test_relations_keeps_only_the_listed_relations_in_that_order(tmp_path, small_toy):
+    """``--relations directed_by,genre``: prompts hold only those facts, directors first in
+    evaluation (degree 1: an item's one fact is its director); the run folder keeps the choice."""
+    from kp4sr.errors import ConfigError
+    from kp4sr.prompts import PromptConfig
+
+    cfg = Config(**SMALL, relations="directed_by, genre")
+    rec = KP4SR.create(cfg, dataset=small_toy)
+    kg = rec.dataset.kg
+    assert kg.relations == ["directed_by", "genre"]
+    by_name = dict(zip(small_toy.kg.relations, np.bincount(small_toy.kg.rels)))
+    assert np.bincount(kg.rels).tolist() == [by_name["directed_by"], by_name["genre"]]
+    one = rec.new_builder(PromptConfig(hop=1, degree=1, max_length=512, knowledge=True))
+    s = rec.split.test[0]
+    prompt = one.build(rec.user_text(s.user), s.history)
+    assert len(prompt.facts) == len(prompt.items) > 0
+    assert {kg.relations[r] for r in prompt.facts[:, 1]} == {"directed_by"}
+    rec.save_pretrained(tmp_path / "run")
+    assert KP4SR.from_pretrained(tmp_path / "run").dataset.kg.relations == kg.relations
+    with pytest.raises(ConfigError, match="unknown actor; the KG has: genre, films_of_genre"):
+        KP4SR.create(Config(**SMALL, relations="genre,actor"), dataset=small_toy)
+    with pytest.raises(ConfigError, match="each relation at most once"):
+        KP4SR.create(Config(**SMALL, relations="genre,genre"), dataset=small_toy)

@@ -94,6 +94,23 @@ class KnowledgeGraph:
     def name_map(self) -> dict[str, str | None]:
         return dict(zip(self.entities, self.names))
 
+    def only(self, relations: list[str]) -> KnowledgeGraph:
+        """The triples of these relations, numbered in the order given. Prompts take an entity's
+        relations in that order in evaluation (round-robin by relation number), so the order
+        is a priority: with degree 3, the first three listed that an entity has."""
+        index = {r: k for k, r in enumerate(self.relations)}
+        new = np.full(len(self.relations), -1, dtype=np.int64)
+        new[[index[r] for r in relations]] = np.arange(len(relations))
+        keep = new[self.rels] >= 0
+        return KnowledgeGraph(
+            entities=self.entities,
+            names=self.names,
+            relations=list(relations),
+            heads=self.heads[keep],
+            rels=new[self.rels[keep]],
+            tails=self.tails[keep],
+        )
+
     def merge(self, other: KnowledgeGraph) -> KnowledgeGraph:
         """Union of two graphs; a name from ``self`` wins over one from ``other``."""
         names = other.name_map()

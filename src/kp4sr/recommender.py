@@ -23,6 +23,7 @@ from kp4sr import distributed
 from kp4sr.data import (
     DataOptions,
     Dataset,
+    KnowledgeGraph,
     Sample,
     Split,
     leave_one_out,
@@ -77,6 +78,7 @@ class Config:
     cache: bool = True  # cache preprocessed datasets ($KP4SR_CACHE, else ~/.cache/kp4sr)
     templates: str | None = None  # JSON file {relation: "sentence with [X] and [Y]"}
     generic_templates: bool = False  # relations without a template get a generic sentence
+    relations: str | None = None  # KG relations to keep, comma-separated, in priority order
     max_items: int = 5  # history items the model sees
     user_ids: bool = True  # False: every MPP names no user (no per-user token to memorise)
     item_index: str = "random"  # random | sequential (P5's leaky order of appearance)
@@ -134,6 +136,18 @@ def data_options(config: Config) -> DataOptions:
         hop=config.hop,
         cache=config.cache,
     )
+
+
+def keep_relations(kg: KnowledgeGraph, spec: str) -> KnowledgeGraph:
+    """``--relations A,B,C``: the KG with only these relations, A first in evaluation."""
+    wanted = [r.strip() for r in spec.split(",") if r.strip()]
+    unknown = [r for r in wanted if r not in kg.relations]
+    if unknown or len(set(wanted)) != len(wanted) or not wanted:
+        problem = f"unknown {', '.join(unknown)}" if unknown else "each relation at most once"
+        raise ConfigError(
+            f"--relations {spec!r}: {problem}; the KG has: {', '.join(kg.relations) or 'none'}"
+        )
+    return kg.only(wanted)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -206,6 +220,8 @@ class KP4SR:
             dataset = load_dataset(
                 config.dataset, config.data_dir, data_options(config), seed=config.seed
             )
+        if config.relations:
+            dataset = dataclasses.replace(dataset, kg=keep_relations(dataset.kg, config.relations))
         overrides = dict(dataset.templates)  # templates the dataset ships, under the user's
         if config.templates:
             overrides.update(load_relation_templates(config.templates))
