@@ -368,3 +368,45 @@ def test_relations_keeps_only_the_listed_relations_in_that_order(tmp_path, small
         KP4SR.create(Config(**SMALL, relations="genre,actor"), dataset=small_toy)
     with pytest.raises(ConfigError, match="each relation at most once"):
         KP4SR.create(Config(**SMALL, relations="genre,genre"), dataset=small_toy)
+
+
+def test_cross_attention_mpp_hides_knowledge_tokens_from_the_decoder(tmp_path, small_toy):
+    """``--cross-attention mpp``: the decoder reads exactly the MPP's span of each prompt (its
+    item IDs included); whatever the encoder put on knowledge tokens does not change the loss,
+    while with ``all`` it does; beam search and the exact full ranking still agree."""
+    from kp4sr.decoding import full_scores
+    from kp4sr.model import cross_mask, encode
+    from kp4sr.prompts import collate
+
+    cfg = {**SMALL, "epochs": 1, "samples_per_epoch": 64, "cross_attention": "mpp"}
+    rec = KP4SR.create(Config(**cfg), dataset=small_toy)
+    fit(rec, tmp_path / "run", progress=False)
+    s = rec.split.test[:6]
+    prompts = [rec.prompt(x) for x in s]
+    targets = [np.append(rec.target_tokens(x.target), []) for x in s]
+    batch = collate(prompts, rec.tokenizer.pad_token_id, targets)
+    mask = cross_mask(rec.model, batch).bool()
+    for k, p in enumerate(prompts):  # the root's span is the whole MPP, item IDs inside it,
+        want = np.zeros(batch.input_ids.shape[1], dtype=bool)  # and the root's closing </s>
+        want[p.spans[0, 0] : p.spans[0, 1]] = True
+        assert p.node_of_token[-1] == 0 and p.input_ids[-1] == rec.tokenizer.eos_token_id
+        want[len(p.input_ids) - 1] = True
+        np.testing.assert_array_equal(mask[k].numpy(), want)
+        assert len(p.facts) and not want[len(p.input_ids) - 2]  # a fact token is hidden
+    model = rec.model.eval()
+    with torch.no_grad():
+        enc = encode(model, batch, True).last_hidden_state
+        noisy = torch.where(mask[..., None], enc, torch.randn_like(enc) * 5)
+
+        def loss_with(states, att):
+            out = model(encoder_outputs=(states,), attention_mask=att, labels=batch.labels)
+            return float(out.loss)
+
+        assert loss_with(noisy, mask.long()) == pytest.approx(loss_with(enc, mask.long()))
+        everything = (batch.node_of_token >= 0).long()
+        assert abs(loss_with(noisy, everything) - loss_with(enc, everything)) > 1e-3
+    n = len(rec.dataset.items)
+    ranked = rec.rank([x.user for x in s], [x.history for x in s], beams=n)
+    sc = full_scores(model, batch, rec.codes, rec.tokenizer.eos_token_id, True)
+    np.testing.assert_allclose(ranked.scores, -np.sort(-sc, axis=1), rtol=1e-4, atol=1e-4)
+    assert KP4SR.from_pretrained(tmp_path / "run").model.config.kp4sr_cross_attention == "mpp"

@@ -40,6 +40,7 @@ OPTION_HELP: dict[str, str] = {
     "max_length": "encoder input cap in tokens (default 512)",
     "knowledge": "MPP only, no knowledge prompts (the P5-style model)",
     "tree_mask": "full attention instead of the knowledge tree mask (no prompt denoising)",
+    "cross_attention": "what the decoder reads: all encoder tokens (default) | mpp (MPP only)",
     "tree_blocks": "compute tree-masked attention group by group: auto (on a CPU) | on | off",
     "precision": "training autocast: auto (bf16 on a GPU, fp32 on a CPU) | fp32 | bf16",
     "backbone": "tiny | small | t5-small (from scratch) or a local Hugging Face T5 folder",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import T5ForConditionalGeneration
 
-from kp4sr.model import ATTENTION, Batch, encode, padding_mask
+from kp4sr.model import ATTENTION, Batch, cross_mask, encode
 from kp4sr.tokenization import ItemCodes
 
 
@@ -100,7 +100,7 @@ def beam_search(
     enc = encode(model, batch, tree_mask).last_hidden_state  # [B, L, d]
     b, k = enc.shape[0], beams
     device = enc.device
-    att = padding_mask(batch)  # [B, L]
+    att = cross_mask(model, batch)  # [B, L]
     # First step once per user (every beam starts the same); its cache holds the decoder's
     # cross-attention keys and values, computed once per user instead of for every beam at every
     # step. Under kp4sr_attention the beams then share that one copy (folded into the query
@@ -191,7 +191,7 @@ def full_scores(
     """
     model.eval()
     enc = encode(model, batch, tree_mask).last_hidden_state  # [B, L, d]
-    att = padding_mask(batch)  # [B, L]
+    att = cross_mask(model, batch)  # [B, L]
     n, width = codes.codes.shape
     labels = np.full((n, width + 1), -100, dtype=np.int64)
     cols = np.arange(width + 1)[None, :]

@@ -40,6 +40,8 @@ ATTENTION = "kp4sr_sdpa"
 # When the encoder computes tree-masked attention group by group (kp4sr.tree_blocks): "auto"
 # where it measured faster (a CPU), or always, or never. Kept in the model's config.
 TREE_BLOCKS = ("auto", "on", "off")
+# What the decoder's cross-attention reads: every encoder token, or the MPP's tokens only.
+CROSS_ATTENTION = ("all", "mpp")
 # Training precision: "auto" is bf16 autocast on a GPU and fp32 on a CPU; "bf16" and "fp32" force
 # one. Weights, optimizer state and evaluation stay fp32 either way.
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -398,8 +400,29 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def padding_mask(batch: Batch) -> torch.Tensor:
-    """[B, L] 1 on real tokens: the decoder's cross-attention mask."""
+    """[B, L] 1 on real tokens."""
     return (batch.node_of_token >= 0).long()
+
+
+def set_cross_attention(model: T5ForConditionalGeneration, mode: str) -> None:
+    """What the decoder reads of the encoder's output: one of ``CROSS_ATTENTION``."""
+    if mode not in CROSS_ATTENTION:
+        raise ValueError(f"cross attention {mode!r}: expected one of {', '.join(CROSS_ATTENTION)}")
+    model.config.kp4sr_cross_attention = mode
+
+
+def cross_mask(model: T5ForConditionalGeneration, batch: Batch) -> torch.Tensor:
+    """[B, L] the decoder's cross-attention mask, 1 where it may read the encoder's output.
+
+    ``all`` (the default): every real token. ``mpp``: the MPP's tokens only (the root's, with
+    the closing ``</s>``, and the history items' IDs), so knowledge reaches the decoder only
+    through the item ID tokens that attended to it in the encoder, not as tokens of its own."""
+    real = batch.node_of_token >= 0
+    if getattr(model.config, "kp4sr_cross_attention", "all") == "all":
+        return real.long()
+    node = batch.node_of_token.clamp(min=0)
+    parent = batch.parents.gather(1, node)  # the root's parent is ROOT_PARENT, an item's 0
+    return (real & ((node == 0) | (parent == 0))).long()
 
 
 def loss(model: T5ForConditionalGeneration, batch: Batch, tree_mask: bool) -> torch.Tensor:
@@ -407,7 +430,7 @@ def loss(model: T5ForConditionalGeneration, batch: Batch, tree_mask: bool) -> to
     enc = encode(model, batch, tree_mask)
     out = model(
         encoder_outputs=enc,
-        attention_mask=padding_mask(batch),
+        attention_mask=cross_mask(model, batch),
         labels=batch.labels,
         return_dict=True,
     )

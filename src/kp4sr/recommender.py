@@ -34,11 +34,13 @@ from kp4sr.decoding import INVALID, MISSING, ItemTrie, Ranked, beam_search, full
 from kp4sr.errors import ConfigError, DataError
 from kp4sr.evaluation import metrics, target_ranks
 from kp4sr.model import (
+    CROSS_ATTENTION,
     PRECISIONS,
     TREE_BLOCKS,
     build_model,
     check_backbone,
     is_preset,
+    set_cross_attention,
     set_tree_blocks,
 )
 from kp4sr.prompts import FusedPrompt, PromptBuilder, PromptConfig
@@ -88,6 +90,7 @@ class Config:
     max_length: int = 512  # encoder input cap in tokens
     knowledge: bool = True  # False: MPP only (the P5-style model)
     tree_mask: bool = True  # False: full attention (no prompt denoising)
+    cross_attention: str = "all"  # the decoder reads: all encoder tokens | mpp (MPP tokens only)
     tree_blocks: str = "auto"  # tree-masked attention group by group: auto (on a CPU) | on | off
     precision: str = "auto"  # training autocast: auto (bf16 on a GPU, fp32 on a CPU) | fp32 | bf16
     backbone: str = "tiny"  # tiny | small | t5-small | path to a local HF T5 checkpoint
@@ -181,6 +184,12 @@ class KP4SR:
             )
         self.model = model
         set_tree_blocks(model, config.tree_blocks)
+        if config.cross_attention not in CROSS_ATTENTION:
+            raise ConfigError(
+                f"--cross-attention is {config.cross_attention!r}: expected "
+                f"{' | '.join(CROSS_ATTENTION)}"
+            )
+        set_cross_attention(model, config.cross_attention)
         self.numbers = numbers
         self.relation_templates = relation_templates
         self.texts = item_texts(numbers, config.item_tokens)
