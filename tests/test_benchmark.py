@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from kp4sr.benchmark import MODELS, summary_table
 from kp4sr.cli import main
+from kp4sr.evaluation import metrics
 
 
 def test_quick_benchmark_on_toy(tmp_path, capsys):
@@ -31,6 +33,41 @@ def test_quick_benchmark_on_toy(tmp_path, capsys):
         assert [e["epoch"] for e in log] == [1, 2, 3] and "NDCG@10" in log[0]["valid"]
         assert saved["train_positions"] > 0  # samples per epoch, for curves by samples seen
     assert (out / "kp4sr-seed0" / "metrics.jsonl").is_file()
+    # per-user ranks of every model, whose metrics are the table's: paired comparisons
+    for r in rows:
+        ranks = json.loads((out / f"{r['model']}-seed0" / "ranks.json").read_text())
+        again = metrics(np.array(ranks["test"]["ranks"]))
+        assert again["NDCG@10"] == pytest.approx(r["NDCG@10"]) and again["users"] == 300
+    compare = _load_script("compare.py").main
+    a, b = out / "sasrec-seed0", out / "pop-seed0"
+    assert compare([str(a), str(b), "--json", "--draws", "200"]) == 0
+
+
+def test_paired_comparison_of_per_user_ranks(tmp_path, capsys):
+    """benchmarks/compare.py: per-user metrics average to kp4sr's own; a large paired gain is
+    significant with an interval around it, no difference gives p = 1, and rank files of
+    different users are refused."""
+    compare = _load_script("compare.py")
+    rng = np.random.default_rng(0)
+    ranks = rng.integers(-1, 25, size=500)
+    for m in ("NDCG@10", "HR@5", "MRR"):
+        assert compare.per_user(ranks, m).mean() == pytest.approx(metrics(ranks)[m])
+    users = [f"u{k}" for k in range(500)]
+    better = np.where(rng.random(500) < 0.3, 0, ranks)  # 30% of users get their target first
+    files = {}
+    for name, r in (("a", better), ("b", ranks), ("c", ranks)):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps({"test": {"users": users, "ranks": r.tolist()}}))
+    assert compare.main([str(files["a"]), str(files["b"]), "--json", "--draws", "2000"]) == 0
+    res = json.loads(capsys.readouterr().out)["NDCG@10"]
+    assert res["diff"] > 0.1 and res["low"] > 0 and res["p"] < 0.001
+    assert compare.main([str(files["b"]), str(files["c"]), "--json", "--draws", "500"]) == 0
+    same = json.loads(capsys.readouterr().out)["HR@10"]
+    assert same["diff"] == 0 and same["p"] == 1.0
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"test": {"users": users[:-1], "ranks": ranks[:-1].tolist()}}))
+    with pytest.raises(SystemExit, match="different users"):
+        compare.main([str(files["a"]), str(other)])
 
 
 def test_summary_table_mean_and_std():
@@ -55,7 +92,7 @@ def test_benchmark_scripts_run(tmp_path):
 
     root = Path(__file__).resolve().parents[1] / "benchmarks"
     scripts = ("ml100k.py", "baselines.py", "determinism.py", "merge_results.py", "precision.py")
-    for script in (*scripts, "curves.py", "prompt_stats.py"):
+    for script in (*scripts, "curves.py", "prompt_stats.py", "compare.py"):
         done = subprocess.run([sys.executable, str(root / script), "--help"], capture_output=True)
         assert done.returncode == 0, done.stderr.decode()
     out = tmp_path / "bl"

@@ -11,6 +11,7 @@ import torch
 
 from kp4sr import toy
 from kp4sr.cli import main
+from kp4sr.evaluation import metrics
 from kp4sr.recommender import KP4SR, Config
 from kp4sr.training import fit
 
@@ -43,6 +44,10 @@ def test_fit_writes_a_self_contained_run_folder(trained):
     assert all("valid" in r and 0.0 <= r["valid"]["NDCG@10"] <= 1.0 for r in log)
     assert results["test"]["users"] == 60
     assert log[1]["train_loss"] < log[0]["train_loss"]  # it learns something
+    ranks = json.loads((out / "ranks.json").read_text())  # per user, for paired comparisons
+    for split in ("valid", "test"):
+        assert metrics(np.array(ranks[split]["ranks"])) == results[split]
+        assert ranks[split]["users"] == rec.split_users(split)
 
 
 def test_reload_gives_identical_rankings(trained):
@@ -117,10 +122,14 @@ def test_cli_train_evaluate_recommend_explain(tmp_path, capsys):
     rc = main(["train", "--dataset", "toy", "--out", str(run), *opts.split()])
     assert rc == 0
     capsys.readouterr()
-    assert main(["evaluate", str(run), "--split", "valid", "--json", "--max-users", "40"]) == 0
+    ranks_file = tmp_path / "ranks-valid.json"
+    args = ["evaluate", str(run), "--split", "valid", "--json", "--max-users", "40"]
+    assert main([*args, "--ranks", str(ranks_file)]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"HR@5", "HR@10", "NDCG@5", "NDCG@10", "users"} <= set(res)
     assert res["users"] == 40
+    per_user = json.loads(ranks_file.read_text())["valid"]  # the ranks behind those metrics
+    assert len(per_user["users"]) == 40 and metrics(np.array(per_user["ranks"])) == res
     assert main(["recommend", str(run), "--user", "1", "-k", "3", "--json"]) == 0
     recs = json.loads(capsys.readouterr().out)
     assert len(recs) == 3 and {"item", "title"} <= set(recs[0])

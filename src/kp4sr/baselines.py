@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from kp4sr.data import Dataset, Sample, Split
-from kp4sr.evaluation import metrics, target_ranks
+from kp4sr.evaluation import RANKS_FILE, metrics, target_ranks
 
 BASELINES = ("pop", "gru4rec", "sasrec", "bert4rec")
 
@@ -84,6 +84,12 @@ class Baseline:
     def evaluate(
         self, dataset: Dataset, samples: list[Sample], exclude_seen: bool = True, k: int = 20
     ) -> dict[str, float]:
+        return metrics(self.user_ranks(dataset, samples, exclude_seen, k))
+
+    def user_ranks(
+        self, dataset: Dataset, samples: list[Sample], exclude_seen: bool = True, k: int = 20
+    ) -> np.ndarray:
+        """Each sample's 0-based rank of its target in the top ``k`` (-1: not there)."""
         ranked = []
         for s in range(0, len(samples), 512):
             chunk = samples[s : s + 512]
@@ -92,7 +98,7 @@ class Baseline:
             ranked.append(rank_scores(sc, seen, k))
         items = np.concatenate(ranked) if ranked else np.zeros((0, k), dtype=np.int64)
         targets = np.array([x.target for x in samples], dtype=np.int64)
-        return metrics(target_ranks(items, targets))
+        return target_ranks(items, targets)
 
 
 class Pop(Baseline):
@@ -277,17 +283,26 @@ def run_baseline(
     t0 = time.perf_counter()
     info = model.fit(dataset, split, progress)
     seconds = time.perf_counter() - t0
+    ranks = {s: model.user_ranks(dataset, getattr(split, s)) for s in ("valid", "test")}
     result = {
         "model": name,
         "seed": config.seed,
         "train_seconds": round(seconds, 2),
         "best_epoch": info.get("best_epoch", 0),
         "train_positions": len(split.train),  # samples per epoch: every training position
-        "valid": model.evaluate(dataset, split.valid),
-        "test": model.evaluate(dataset, split.test),
+        "valid": metrics(ranks["valid"]),
+        "test": metrics(ranks["test"]),
         "config": asdict(config),
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.json").write_text(json.dumps({**result, "log": info.get("log", [])}))
+        per_user = {
+            s: {
+                "users": [str(dataset.users[x.user]) for x in getattr(split, s)],
+                "ranks": r.tolist(),
+            }
+            for s, r in ranks.items()
+        }
+        (out / RANKS_FILE).write_text(json.dumps(per_user))
     return result

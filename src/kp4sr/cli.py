@@ -161,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from kp4sr.evaluation import format_table
+    from kp4sr.evaluation import format_table, metrics
     from kp4sr.recommender import KP4SR
 
     rec = KP4SR.from_pretrained(args.run_dir, device=args.device)
@@ -169,9 +169,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         rec.config.beams = args.beams
     if args.keep_seen:
         rec.config.exclude_seen = False
-    result = rec.evaluate(
+    ranks, extra = rec.user_ranks(
         args.split, max_users=args.max_users, progress=not args.json, mode=args.mode
     )
+    result = {**metrics(ranks), **extra}
+    if args.ranks:  # per-user ranks, for paired comparisons (benchmarks/compare.py)
+        users = rec.split_users(args.split, args.max_users)
+        per_user = {args.split: {"users": users, "ranks": ranks.tolist()}}
+        Path(args.ranks).write_text(json.dumps(per_user), encoding="utf-8")
     if args.json:
         print(json.dumps(result))
     else:
@@ -333,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="beam",
         help="beam: constrained beam search (default); full: exact ranking of every item; "
         "unconstrained: plain beam search, reports invalid_share",
+    )
+    e.add_argument(
+        "--ranks",
+        metavar="FILE",
+        default=None,
+        help="also write each user's rank of their target as JSON (for paired comparisons)",
     )
     e.add_argument("--device", default=None)
     e.set_defaults(func=cmd_evaluate)

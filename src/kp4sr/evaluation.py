@@ -12,6 +12,11 @@ import numpy as np
 CUTOFFS = (5, 10, 20)
 
 
+# Per-user ranks of a finished run (``{"valid"|"test": {"users": [...], "ranks": [...]}}``):
+# what benchmarks/compare.py pairs between two models.
+RANKS_FILE = "ranks.json"
+
+
 def target_ranks(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """0-based rank of each user's target in their ranked list ([U, K] items), -1 if absent."""
     hit = ranked == targets[:, None]  # [U, K]

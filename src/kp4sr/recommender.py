@@ -435,6 +435,20 @@ class KP4SR:
         ``sharded``: under torchrun, every process ranks its share of the users and the lists
         are gathered (every process must call it; the result is the same on all).
         """
+        ranks, extra = self.user_ranks(split, max_users, progress, mode, sharded)
+        return {**metrics(ranks), **extra}
+
+    def user_ranks(
+        self,
+        split: str = "test",
+        max_users: int | None = None,
+        progress: bool = False,
+        mode: str = "beam",
+        sharded: bool = False,
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """Each user's 0-based rank of their target in ``split`` (-1: not in the list), in the
+        order of ``split_users``; and, for ``unconstrained``, ``invalid_share``. What
+        :meth:`evaluate` averages; kept per user for paired comparisons of two models."""
         if split not in ("valid", "test"):
             raise ConfigError(f"evaluate on valid or test, not {split!r}")
         if mode not in ("beam", "full", "unconstrained"):
@@ -444,7 +458,7 @@ class KP4SR:
         mine = distributed.shard(samples) if sharded else samples
         if mode == "full":
             ranks = self.full_ranks(mine, progress)
-            return metrics(distributed.gather_shards(ranks, len(samples)) if sharded else ranks)
+            return (distributed.gather_shards(ranks, len(samples)) if sharded else ranks), {}
         seen = [self.seen_items(s) for s in samples] if self.config.exclude_seen else None
         ranked = self.rank(
             [s.user for s in mine],
@@ -463,7 +477,11 @@ class KP4SR:
                 k = items.shape[1]
                 kept = [[i for i in row if i not in sn] for row, sn in zip(items.tolist(), seen)]
                 items = np.array([r + [MISSING] * (k - len(r)) for r in kept], dtype=np.int64)
-        return {**metrics(target_ranks(items, targets)), **out}
+        return target_ranks(items, targets), out
+
+    def split_users(self, split: str, max_users: int | None = None) -> list[str]:
+        """The dataset's user IDs of ``split``'s samples, in evaluation order."""
+        return [str(self.dataset.users[s.user]) for s in self.split[split][:max_users]]
 
     def recommend(
         self,

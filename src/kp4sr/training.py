@@ -35,7 +35,7 @@ from transformers import get_linear_schedule_with_warmup
 from kp4sr import checkpoint, distributed
 from kp4sr.batching import bucketed_order, estimate_lengths
 from kp4sr.data import Sample
-from kp4sr.evaluation import format_table
+from kp4sr.evaluation import RANKS_FILE, format_table, metrics
 from kp4sr.model import Batch, loss, train_in_bf16
 from kp4sr.recommender import KP4SR
 
@@ -302,13 +302,18 @@ def fit(rec: KP4SR, out: str | Path, progress: bool = True, resume: bool = False
     train_seconds = time.perf_counter() - t0
     if best_state is not None:
         checkpoint.load_state(model, best_state, out)
+    ranks = {
+        split: rec.user_ranks(split, progress=show, sharded=True)[0] for split in ("valid", "test")
+    }
     results = {
         "best_epoch": prog.best_epoch,
         "train_seconds": round(train_seconds, 2),
-        "valid": rec.evaluate("valid", progress=show, sharded=True),
-        "test": rec.evaluate("test", progress=show, sharded=True),
+        "valid": metrics(ranks["valid"]),
+        "test": metrics(ranks["test"]),
     }
-    if group.main:
+    if group.main:  # per-user ranks first: a run with results.json is finished
+        per_user = {s: {"users": rec.split_users(s), "ranks": r.tolist()} for s, r in ranks.items()}
+        checkpoint.atomic_write_text(out / RANKS_FILE, json.dumps(per_user))
         checkpoint.atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     if show:
         print(format_table({"valid": results["valid"], "test": results["test"]}))
