@@ -334,7 +334,7 @@ def set_tree_blocks(model: T5ForConditionalGeneration, mode: str) -> None:
 
 def train_in_bf16(precision: str, device: torch.device) -> bool:
     """Whether training runs under bf16 autocast. On a CPU only when asked: it measured about
-    1.5x faster per step on an AVX-512 BF16 CPU, but where the CPU has no bf16 instructions
+    1.3-1.4x faster per step on an AVX-512 BF16 CPU, but where the CPU has no bf16 instructions
     it emulates them and is slower than fp32 (warned)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
