@@ -334,14 +334,14 @@ def set_tree_blocks(model: T5ForConditionalGeneration, mode: str) -> None:
 
 def train_in_bf16(precision: str, device: torch.device) -> bool:
     """Whether training runs under bf16 autocast. On a CPU only when asked: it measured about
-    1.3-1.4x faster per step on an AVX-512 BF16 CPU, but where the CPU has no bf16 instructions
-    it emulates them and is slower than fp32 (warned)."""
+    1.3-1.4x faster per step on an AVX-512 BF16 CPU; where the CPU has no bf16 instructions
+    oneDNN emulates them and it may well be slower than fp32 (not measured here; warned)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         return device.type == "cuda"
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        log.warning("--precision bf16: this CPU has no bf16 instructions, expect it slower")
+        log.warning("--precision bf16: this CPU has no bf16 instructions, it may be slower")
     return precision == "bf16"
 
 
