@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-RANKS_FILE = "ranks.json"  # kp4sr.evaluation.RANKS_FILE
+from kp4sr.evaluation import RANKS_FILE, per_user
 
 
 def load_ranks(path: Path, split: str) -> dict[str, int]:
@@ -37,20 +37,6 @@ def load_ranks(path: Path, split: str) -> dict[str, int]:
         raise SystemExit(f"{file}: no {split!r} ranks (has {', '.join(data)})")
     users, ranks = data[split]["users"], data[split]["ranks"]
     return dict(zip(users, ranks))
-
-
-def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
-    """One user's value of ``NDCG@k``, ``HR@k`` or ``MRR`` from their target's rank."""
-    found = ranks >= 0
-    if metric == "MRR":
-        return np.where(found, 1.0 / (np.maximum(ranks, 0) + 1.0), 0.0)
-    name, _, k = metric.partition("@")
-    hit = found & (ranks < int(k))
-    if name == "HR":
-        return hit.astype(float)
-    if name == "NDCG":
-        return np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
-    raise SystemExit(f"unknown metric {metric!r}: NDCG@k, HR@k or MRR")
 
 
 def paired(a: np.ndarray, b: np.ndarray, draws: int, seed: int) -> dict[str, float]:
@@ -89,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     b = np.array([rb[u] for u in users])
     rows = {}
     for metric in args.metrics.split(","):
-        rows[metric] = paired(per_user(a, metric), per_user(b, metric), args.draws, args.seed)
+        try:
+            rows[metric] = paired(per_user(a, metric), per_user(b, metric), args.draws, args.seed)
+        except ValueError as e:
+            p.error(str(e))
     if args.json:
         print(json.dumps({"users": len(users), "split": args.split, **rows}))
         return 0

@@ -64,6 +64,10 @@ def test_paired_comparison_of_per_user_ranks(tmp_path, capsys):
     assert compare.main([str(files["b"]), str(files["c"]), "--json", "--draws", "500"]) == 0
     same = json.loads(capsys.readouterr().out)["HR@10"]
     assert same["diff"] == 0 and same["p"] == 1.0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # a metric that does not exist: a usage error
+        compare.main([str(files["a"]), str(files["b"]), "--metrics", "AUC"])
+    assert "unknown metric 'AUC'" in capsys.readouterr().err
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"test": {"users": users[:-1], "ranks": ranks[:-1].tolist()}}))
     with pytest.raises(SystemExit, match="different users"):

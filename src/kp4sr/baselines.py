@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from kp4sr.data import Dataset, Sample, Split
-from kp4sr.evaluation import RANKS_FILE, metrics, target_ranks
+from kp4sr.evaluation import RANKS_FILE, metrics, ranks_json, target_ranks
 
 BASELINES = ("pop", "gru4rec", "sasrec", "bert4rec")
 
@@ -297,12 +297,6 @@ def run_baseline(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.json").write_text(json.dumps({**result, "log": info.get("log", [])}))
-        per_user = {
-            s: {
-                "users": [str(dataset.users[x.user]) for x in getattr(split, s)],
-                "ranks": r.tolist(),
-            }
-            for s, r in ranks.items()
-        }
-        (out / RANKS_FILE).write_text(json.dumps(per_user))
+        users = {s: [str(dataset.users[x.user]) for x in getattr(split, s)] for s in ranks}
+        (out / RANKS_FILE).write_text(ranks_json({s: (users[s], r) for s, r in ranks.items()}))
     return result

@@ -161,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from kp4sr.evaluation import format_table, metrics
+    from kp4sr.evaluation import format_table, metrics, ranks_json
     from kp4sr.recommender import KP4SR
 
     rec = KP4SR.from_pretrained(args.run_dir, device=args.device)
@@ -175,8 +175,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = {**metrics(ranks), **extra}
     if args.ranks:  # per-user ranks, for paired comparisons (benchmarks/compare.py)
         users = rec.split_users(args.split, args.max_users)
-        per_user = {args.split: {"users": users, "ranks": ranks.tolist()}}
-        Path(args.ranks).write_text(json.dumps(per_user), encoding="utf-8")
+        Path(args.ranks).write_text(ranks_json({args.split: (users, ranks)}), encoding="utf-8")
     if args.json:
         print(json.dumps(result))
     else:

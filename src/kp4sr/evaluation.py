@@ -7,6 +7,8 @@ MRR gives 1/(rank + 1), 0 when absent (so with beam search it is MRR@beams).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 CUTOFFS = (5, 10, 20)
@@ -24,20 +26,38 @@ def target_ranks(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(found, hit.argmax(axis=1), -1)
 
 
+def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Each user's ``HR@k``, ``NDCG@k`` or ``MRR`` from the rank of their target: [U]."""
+    ranks = np.asarray(ranks)
+    found = ranks >= 0
+    if metric == "MRR":
+        return np.where(found, 1.0 / (np.maximum(ranks, 0) + 1.0), 0.0)
+    name, _, k = metric.partition("@")
+    if name not in ("HR", "NDCG") or not k.isdigit():
+        raise ValueError(f"unknown metric {metric!r}: HR@k, NDCG@k or MRR")
+    hit = found & (ranks < int(k))
+    if name == "HR":
+        return hit.astype(np.float64)
+    return np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+
+
 def metrics(ranks: np.ndarray, cutoffs: tuple[int, ...] = CUTOFFS) -> dict[str, float]:
     """HR@k, NDCG@k for every cutoff, MRR and the number of users, averaged over all users."""
     ranks = np.asarray(ranks)
-    found = ranks >= 0
-    out: dict[str, float] = {}
-    for k in cutoffs:
-        hit = found & (ranks < k)
-        out[f"HR@{k}"] = float(hit.mean()) if len(ranks) else 0.0
-        gain = np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
-        out[f"NDCG@{k}"] = float(gain.mean()) if len(ranks) else 0.0
-    rr = np.where(found, 1.0 / (np.maximum(ranks, 0) + 1.0), 0.0)
-    out["MRR"] = float(rr.mean()) if len(ranks) else 0.0
+    names = [f"{m}@{k}" for k in cutoffs for m in ("HR", "NDCG")] + ["MRR"]
+    out = {m: float(per_user(ranks, m).mean()) if len(ranks) else 0.0 for m in names}
     out["users"] = int(len(ranks))
     return out
+
+
+def ranks_json(per_split: dict[str, tuple[list[str], np.ndarray]]) -> str:
+    """The ``RANKS_FILE`` text: per split, the users (dataset IDs) and their targets' ranks."""
+    return json.dumps(
+        {
+            s: {"users": users, "ranks": np.asarray(r).tolist()}
+            for s, (users, r) in per_split.items()
+        }
+    )
 
 
 def format_table(rows: dict[str, dict[str, float]], keys: tuple[str, ...] | None = None) -> str:

@@ -35,7 +35,7 @@ from transformers import get_linear_schedule_with_warmup
 from kp4sr import checkpoint, distributed
 from kp4sr.batching import bucketed_order, estimate_lengths
 from kp4sr.data import Sample
-from kp4sr.evaluation import RANKS_FILE, format_table, metrics
+from kp4sr.evaluation import RANKS_FILE, format_table, metrics, ranks_json
 from kp4sr.model import Batch, loss, train_in_bf16
 from kp4sr.recommender import KP4SR
 
@@ -312,8 +312,8 @@ def fit(rec: KP4SR, out: str | Path, progress: bool = True, resume: bool = False
         "test": metrics(ranks["test"]),
     }
     if group.main:  # per-user ranks first: a run with results.json is finished
-        per_user = {s: {"users": rec.split_users(s), "ranks": r.tolist()} for s, r in ranks.items()}
-        checkpoint.atomic_write_text(out / RANKS_FILE, json.dumps(per_user))
+        per_split = {s: (rec.split_users(s), r) for s, r in ranks.items()}
+        checkpoint.atomic_write_text(out / RANKS_FILE, ranks_json(per_split))
         checkpoint.atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     if show:
         print(format_table({"valid": results["valid"], "test": results["test"]}))
