@@ -7,9 +7,9 @@ Each side is a KP4SR run folder or a ``ranks.json`` (written by training at the 
 run, by ``kp4sr benchmark`` for baselines in ``DIR/<model>-seed<S>/``, and by ``kp4sr evaluate
 --ranks FILE``). The two must rank the same users (matched by user ID). For every metric it
 reports both means, their difference, a 95% paired bootstrap interval of the difference and a
-two-sided paired sign-flip permutation p-value (both seeded, 10,000 draws). Pairing users removes
-the spread that comes from which users happen to be hard, so it separates smaller differences
-than comparing two means with their own standard errors.
+two-sided paired sign-flip permutation p-value (both seeded, 10,000 draws). Pairing takes out
+the spread from which users happen to be hard; between two separately trained models it narrows
+the interval only a little (on ML-100k's 943 test users about +-0.007 NDCG@10 remains).
 """
 
 from __future__ import annotations
