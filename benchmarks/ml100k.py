@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         run = out / name
         if args.resume and (run / "config.json").is_file():
-            saved = json.loads((run / "config.json").read_text())
-            changed = {k for k, v in cfg.__dict__.items() if k != "data_dir" and saved.get(k) != v}
+            # Options added since the run began are read as their defaults.
+            saved = Config.from_dict(json.loads((run / "config.json").read_text())).__dict__
+            changed = {k for k, v in cfg.__dict__.items() if k != "data_dir" and saved[k] != v}
             if changed:
                 p.error(f"--resume: {run} was started with other {', '.join(sorted(changed))}")
             res = resume(run, progress=True)

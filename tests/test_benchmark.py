@@ -256,6 +256,12 @@ def test_ml100k_resume_continues_a_run_and_refuses_other_options(tmp_path, capsy
     assert main([*base, "--epochs", "1", "--resume"]) == 0
     again = json.loads((tmp_path / "results.json").read_text())[0]
     assert again["test"] == first["test"] and again["best_epoch"] == 1
+    # A run begun before an option existed has no key for it: it counts as the default.
+    cfg_file = tmp_path / "no-knowledge" / "config.json"
+    saved = json.loads(cfg_file.read_text())
+    del saved["cross_attention"]
+    cfg_file.write_text(json.dumps(saved))
+    assert main([*base, "--epochs", "1", "--resume"]) == 0
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main([*base, "--epochs", "2", "--resume"])
