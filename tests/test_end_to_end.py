@@ -419,3 +419,39 @@ def test_cross_attention_mpp_hides_knowledge_tokens_from_the_decoder(tmp_path, s
     sc = full_scores(model, batch, rec.codes, rec.tokenizer.eos_token_id, True)
     np.testing.assert_allclose(ranked.scores, -np.sort(-sc, axis=1), rtol=1e-4, atol=1e-4)
     assert KP4SR.from_pretrained(tmp_path / "run").model.config.kp4sr_cross_attention == "mpp"
+
+
+def test_init_from_starts_a_run_from_an_earlier_runs_weights(tmp_path, trained, small_toy, capsys):
+    """``--init-from RUN``: the new run's model starts as RUN's (here a P5-style run warm-started
+    from a full KP4SR run), and so learns from there; a run with other item numbers, another
+    tokenizer or another output scaling is refused, named, before anything trains."""
+    from kp4sr.errors import DataError
+
+    rec, out, _ = trained
+    one = {**SMALL, "epochs": 1, "samples_per_epoch": 64}
+    warm = KP4SR.create(Config(**one, knowledge=False, init_from=str(out)), dataset=small_toy)
+    src = rec.model.state_dict()
+    for k, v in warm.model.state_dict().items():
+        assert torch.equal(v.cpu(), src[k].cpu()), k
+    cold = KP4SR.create(Config(**one, knowledge=False), dataset=small_toy)
+    assert not torch.equal(cold.model.shared.weight, warm.model.shared.weight)
+    loss = {}
+    for name, r in (("warm", warm), ("cold", cold)):
+        fit(r, tmp_path / name, progress=False)
+        log = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        loss[name] = json.loads(log[0])["train_loss"]
+    assert loss["warm"] < loss["cold"] - 0.5, loss  # the earlier run's learning carries over
+    saved = json.loads((tmp_path / "warm" / "config.json").read_text())
+    assert saved["init_from"] == str(out)
+    with pytest.raises(DataError, match="items.json: --init-from: its items are numbered"):
+        KP4SR.create(Config(**one, seed=3, init_from=str(out)), dataset=small_toy)
+    with pytest.raises(DataError, match="tokenizer differs"):
+        KP4SR.create(Config(**one, vocab_size=50, init_from=str(out)), dataset=small_toy)
+    with pytest.raises(DataError, match="output is unscaled and this run.s is not"):
+        KP4SR.create(Config(**one, tie_embeddings=True, init_from=str(out)), dataset=small_toy)
+    with pytest.raises(DataError, match="not a kp4sr run folder"):
+        KP4SR.create(Config(**one, init_from=str(tmp_path)), dataset=small_toy)
+    # the command line: a run on another dataset is refused with one line, exit status 2
+    run = tmp_path / "cli"
+    assert main(["train", "--dataset", "toy", "--out", str(run), "--init-from", str(out)]) == 2
+    assert "--init-from: it was trained on 40 items, this run has 199" in capsys.readouterr().err

@@ -253,3 +253,23 @@ def test_fast_dropout_gradient_reproducibility_and_eval():
         z, y.detach()
     )
     assert keep_mask(torch.zeros(7, 5, dtype=torch.bfloat16), 0.2).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_tie_embeddings_only_scales_the_output_in_transformers_5(tie):
+    """What the README says ``--tie-embeddings`` does: T5's output layer is its input
+    embedding either way (transformers 5 forces it), and the option switches the d^-0.5
+    scaling of the decoder output. Should a transformers release untie them, this fails and
+    the option's documentation must change."""
+    from kp4sr.model import build_model
+
+    model = build_model("tiny", 50, 0, 1, 0.0, tie_embeddings=tie).eval()
+    assert model.lm_head.weight is model.shared.weight
+    assert model.config.scale_decoder_outputs is tie
+    ids = torch.tensor([[5, 6, 7, 1]])
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=torch.tensor([[9, 1]]), output_hidden_states=True)
+    hidden = out.decoder_hidden_states[-1]
+    # transformers applies the final norm inside the decoder's last hidden state
+    want = hidden * model.config.d_model**-0.5 if tie else hidden
+    torch.testing.assert_close(out.logits, want @ model.shared.weight.T)

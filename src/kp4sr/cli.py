@@ -44,9 +44,11 @@ OPTION_HELP: dict[str, str] = {
     "tree_blocks": "compute tree-masked attention group by group: auto (on a CPU) | on | off",
     "precision": "training autocast: auto (bf16 on a GPU, fp32 on a CPU) | fp32 | bf16",
     "backbone": "tiny | small | t5-small (from scratch) or a local Hugging Face T5 folder",
+    "init_from": "start from the weights of an earlier run folder (same tokenizer and items)",
     "vocab_size": "vocabulary size of the tokenizer trained on the dataset (default 8000)",
     "dropout": "dropout rate (default 0.1)",
-    "tie_embeddings": "tie T5's input and output embeddings (untied by default)",
+    "tie_embeddings": "scale the decoder output by d_model^-0.5 as the original (tied) T5 "
+    "(default: unscaled; transformers 5 shares T5's input and output embeddings either way)",
     "epochs": "training epochs (default 10)",
     "max_minutes": "stop after the epoch that passes this many training minutes (default 0: off)",
     "length_buckets": "batch training prompts of similar length (less padding; default off)",

@@ -272,8 +272,10 @@ def build_model(
 ) -> T5ForConditionalGeneration:
     """A T5 at a size preset initialised from scratch, or loaded from a local checkpoint folder.
 
-    From scratch, input and output embeddings are untied by default: a tied T5 scales its logits
-    by d_model^-0.5, which slowed learning a large item softmax a lot in our measurements.
+    In ``transformers`` 5 a T5's output layer is always its input embedding (``T5Config``
+    forces ``tie_word_embeddings``; the flag passed only sets ``scale_decoder_outputs``), so
+    ``tie_embeddings`` chooses the original T5's d_model^-0.5 scaling of the decoder output
+    before the logits (True) or none (False, the default).
     A loaded checkpoint's embeddings are resized to ``vocab_size`` (item tokens added).
     """
     if is_preset(backbone):
@@ -294,7 +296,8 @@ def build_model(
         # T5 layer starts with an RMS norm, so a smaller scale changes nothing else.
         model.shared.weight.data.normal_(0.0, std)
         if not tie_embeddings:
-            # untied output logits would otherwise have a std of ~sqrt(d_model)
+            # lm_head.weight *is* shared.weight, so this draws the same tensor again; kept so
+            # that seeded runs still reproduce the results published before we noticed
             model.lm_head.weight.data.normal_(0.0, std)
         return use_fast_paths(model)
     check_backbone(backbone)

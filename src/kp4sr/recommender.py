@@ -94,9 +94,10 @@ class Config:
     tree_blocks: str = "auto"  # tree-masked attention group by group: auto (on a CPU) | on | off
     precision: str = "auto"  # training autocast: auto (bf16 on a GPU, fp32 on a CPU) | fp32 | bf16
     backbone: str = "tiny"  # tiny | small | t5-small | path to a local HF T5 checkpoint
+    init_from: str | None = None  # an earlier run folder whose weights start this run
     vocab_size: int = 8000  # tokenizer trained from scratch: target vocabulary size
     dropout: float = 0.1
-    tie_embeddings: bool = False  # tie T5's input and output embeddings (from scratch)
+    tie_embeddings: bool = False  # from scratch: scale the decoder output by d^-0.5 (T5 v1.0)
     epochs: int = 10
     max_minutes: float = 0.0  # >0: stop after the epoch that passes this training time
     batch_size: int = 32
@@ -258,6 +259,10 @@ class KP4SR:
             config.dropout,
             config.tie_embeddings,
         )
+        if config.init_from:
+            from kp4sr.runfolder import warm_start
+
+            warm_start(model, tokenizer, numbers, Path(config.init_from))
         return cls(config, dataset, tokenizer, model, numbers, rel_templates)
 
     def save_pretrained(self, folder: str | Path, weights_only: bool = False) -> None:

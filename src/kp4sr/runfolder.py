@@ -334,3 +334,59 @@ def load_run_tokenizer(folder: Path) -> Any:
 def _first_line(e: BaseException) -> str:
     lines = [x.strip() for x in str(e).splitlines() if x.strip()]
     return lines[0] if lines else type(e).__name__
+
+
+def warm_start(model: Any, tokenizer: Any, numbers: np.ndarray, folder: Path) -> None:
+    """Copy an earlier run's weights into ``model``, the start of a new run (``--init-from``).
+
+    Weights only mean the same thing when every token and every item maps to the same row:
+    the earlier run must share this run's tokenizer (dataset, vocabulary size, item tokens)
+    and item numbering (seed, ``item_index``), and the model's shape. Anything else is named
+    here, before training starts, rather than learnt as noise.
+    """
+    import torch
+
+    if not (folder / "config.json").is_file():
+        raise DataError("--init-from: not a kp4sr run folder (no config.json)", folder)
+    items_path = folder / "items.json"
+    raw = read_json(items_path, "item numbers")
+    listed = raw.get("numbers") if isinstance(raw, dict) else None
+    if isinstance(listed, list) and len(listed) != len(numbers):
+        raise DataError(
+            f"--init-from: it was trained on {len(listed)} items, this run has {len(numbers)} "
+            "(another dataset or filtering)",
+            items_path,
+        )
+    theirs = check_numbers(raw, len(numbers), items_path)
+    if not np.array_equal(theirs, numbers):
+        raise DataError(
+            "--init-from: its items are numbered differently from this run's "
+            "(another dataset, seed or --item-index)",
+            items_path,
+        )
+    if load_run_tokenizer(folder / "tokenizer").get_vocab() != tokenizer.get_vocab():
+        raise DataError(
+            "--init-from: its tokenizer differs from this run's "
+            "(another dataset, --vocab-size or --item-tokens)",
+            folder / "tokenizer",
+        )
+    source = load_t5(folder / "model", len(tokenizer), exact=False)
+    scaled = bool(getattr(model.config, "scale_decoder_outputs", False))
+    if bool(getattr(source.config, "scale_decoder_outputs", False)) != scaled:
+        raise DataError(
+            "--init-from: its decoder output is "
+            + ("unscaled" if scaled else "scaled by d_model^-0.5")
+            + " and this run's is not (--tie-embeddings must match)",
+            folder / "model",
+        )
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for key, shape in ours.items():
+        found = tuple(source.state_dict()[key].shape) if key in source.state_dict() else None
+        if found != shape:
+            raise DataError(
+                f"--init-from: its model has another shape ({key}: {found} here {shape}; "
+                "another --backbone?)",
+                folder / "model",
+            )
+    with torch.no_grad():
+        model.load_state_dict(source.state_dict(), strict=True)
