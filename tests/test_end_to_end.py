@@ -455,3 +455,32 @@ def test_init_from_starts_a_run_from_an_earlier_runs_weights(tmp_path, trained, 
     run = tmp_path / "cli"
     assert main(["train", "--dataset", "toy", "--out", str(run), "--init-from", str(out)]) == 2
     assert "--init-from: it was trained on 40 items, this run has 199" in capsys.readouterr().err
+
+
+def test_evaluate_on_train_ranks_each_users_last_training_target(trained, capsys):
+    """``evaluate --split train``: one sample per user, the position just before validation,
+    with the items before it as history and as the seen set; a model that learnt its training
+    data ranks those targets better than the held-out ones."""
+    from kp4sr.errors import ConfigError
+
+    rec, out, _ = trained
+    train = rec.eval_samples("train")
+    valid = {s.user: s for s in rec.split.valid}
+    assert [s.user for s in train] == sorted(valid)  # one per user, in user order
+    for s in train:
+        seq = rec.dataset.sequences[s.user]
+        assert s.position == valid[s.user].position - 1 and s.target == seq[s.position]
+        assert (
+            s.history.tolist()
+            == seq[max(0, s.position - rec.config.max_items) : s.position].tolist()
+        )
+    assert sum(1 for _ in rec.split.train) > len(train)
+    ranks, _ = rec.user_ranks("train")
+    assert len(ranks) == len(train) == len(rec.split_users("train"))
+    got = rec.evaluate("train")
+    assert got["users"] == len(train)
+    assert got["HR@20"] >= rec.evaluate("valid")["HR@20"]
+    with pytest.raises(ConfigError, match="evaluate on train, valid or test, not 'dev'"):
+        rec.evaluate("dev")
+    assert main(["evaluate", str(out), "--split", "train", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["users"] == len(train)

@@ -326,9 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="HR/NDCG/MRR of a run folder on valid or test")
+    e = sub.add_parser("evaluate", help="HR/NDCG/MRR of a run folder on test, valid or train")
     e.add_argument("run_dir")
-    e.add_argument("--split", choices=("valid", "test"), default="test")
+    e.add_argument(
+        "--split",
+        choices=("train", "valid", "test"),
+        default="test",
+        help="test (default), valid, or train: each user's last training target (overfitting?)",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--beams", type=int, default=None, help="beam size (default: the run's)")
     e.add_argument("--keep-seen", action="store_true", help="keep users' earlier items")

@@ -25,6 +25,7 @@ from kp4sr.data import (
     Dataset,
     KnowledgeGraph,
     Sample,
+    Samples,
     Split,
     leave_one_out,
     load_saved_dataset,
@@ -432,7 +433,7 @@ class KP4SR:
         mode: str = "beam",
         sharded: bool = False,
     ) -> dict[str, float]:
-        """HR@k, NDCG@k (k = 5, 10, 20) and MRR over all users of ``split`` (valid or test).
+        """HR@k, NDCG@k (k = 5, 10, 20) and MRR over all users of ``split`` (see eval_samples).
 
         ``mode``: ``beam`` (constrained beam search, the default), ``full`` (exact ranking of
         every item, MRR over the full list) or ``unconstrained`` (plain beam search as in the
@@ -454,11 +455,9 @@ class KP4SR:
         """Each user's 0-based rank of their target in ``split`` (-1: not in the list), in the
         order of ``split_users``; and, for ``unconstrained``, ``invalid_share``. What
         :meth:`evaluate` averages; kept per user for paired comparisons of two models."""
-        if split not in ("valid", "test"):
-            raise ConfigError(f"evaluate on valid or test, not {split!r}")
         if mode not in ("beam", "full", "unconstrained"):
             raise ConfigError(f"unknown evaluation mode {mode!r}: beam, full or unconstrained")
-        samples = self.split[split][:max_users]
+        samples = self.eval_samples(split)[:max_users]
         targets = np.array([s.target for s in samples], dtype=np.int64)
         mine = distributed.shard(samples) if sharded else samples
         if mode == "full":
@@ -486,7 +485,24 @@ class KP4SR:
 
     def split_users(self, split: str, max_users: int | None = None) -> list[str]:
         """The dataset's user IDs of ``split``'s samples, in evaluation order."""
-        return [str(self.dataset.users[s.user]) for s in self.split[split][:max_users]]
+        return [str(self.dataset.users[s.user]) for s in self.eval_samples(split)[:max_users]]
+
+    def eval_samples(self, split: str) -> list[Sample]:
+        """The samples :meth:`evaluate` ranks, one per user: ``valid``, ``test``, or ``train``:
+        each user's last training target (the position before validation). ``train`` runs the
+        same protocol on data the model learnt from, so that its gap to ``valid`` tells
+        overfitting (a large gap) from underfitting (none)."""
+        if split in ("valid", "test"):
+            return list(self.split[split])
+        if split != "train":
+            raise ConfigError(f"evaluate on train, valid or test, not {split!r}")
+        train = self.split.train
+        if isinstance(train, Samples):  # array-backed: no sample is built to find them
+            users = train.users
+        else:
+            users = np.fromiter((s.user for s in train), np.int64, len(train))
+        last = np.flatnonzero(np.append(users[1:] != users[:-1], True)) if len(users) else users
+        return [train[int(k)] for k in last]
 
     def recommend(
         self,
