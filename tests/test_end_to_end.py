@@ -449,6 +449,8 @@ def test_init_from_starts_a_run_from_an_earlier_runs_weights(tmp_path, trained, 
         KP4SR.create(Config(**one, vocab_size=50, init_from=str(out)), dataset=small_toy)
     with pytest.raises(DataError, match="output is unscaled and this run.s is not"):
         KP4SR.create(Config(**one, tie_embeddings=True, init_from=str(out)), dataset=small_toy)
+    with pytest.raises(DataError, match="another shape .*another --backbone"):
+        KP4SR.create(Config(**one, backbone="small", init_from=str(out)), dataset=small_toy)
     with pytest.raises(DataError, match="not a kp4sr run folder"):
         KP4SR.create(Config(**one, init_from=str(tmp_path)), dataset=small_toy)
     # the command line: a run on another dataset is refused with one line, exit status 2

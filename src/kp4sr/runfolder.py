@@ -379,14 +379,15 @@ def warm_start(model: Any, tokenizer: Any, numbers: np.ndarray, folder: Path) ->
             + " and this run's is not (--tie-embeddings must match)",
             folder / "model",
         )
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    for key, shape in ours.items():
-        found = tuple(source.state_dict()[key].shape) if key in source.state_dict() else None
+    theirs_state = source.state_dict()
+    for key, value in model.state_dict().items():
+        shape = tuple(value.shape)
+        found = tuple(theirs_state[key].shape) if key in theirs_state else None
         if found != shape:
             raise DataError(
-                f"--init-from: its model has another shape ({key}: {found} here {shape}; "
-                "another --backbone?)",
+                f"--init-from: its model has another shape ({key} is {found} there, "
+                f"{shape} here: another --backbone?)",
                 folder / "model",
             )
     with torch.no_grad():
-        model.load_state_dict(source.state_dict(), strict=True)
+        model.load_state_dict(theirs_state, strict=True)
