@@ -210,7 +210,7 @@ class Split:
     """Leave-one-out split: per user the last item is test, the one before is validation,
     every earlier position (from the second item on) is a training target."""
 
-    train: Sequence[Sample]  # a Samples (array-backed) from leave_one_out
+    train: Samples  # array-backed: (user, target position) per training sample
     valid: list[Sample]
     test: list[Sample]
     skipped_users: int = 0

@@ -25,7 +25,6 @@ from kp4sr.data import (
     Dataset,
     KnowledgeGraph,
     Sample,
-    Samples,
     Split,
     leave_one_out,
     load_saved_dataset,
@@ -497,10 +496,7 @@ class KP4SR:
         if split != "train":
             raise ConfigError(f"evaluate on train, valid or test, not {split!r}")
         train = self.split.train
-        if isinstance(train, Samples):  # array-backed: no sample is built to find them
-            users = train.users
-        else:
-            users = np.fromiter((s.user for s in train), np.int64, len(train))
+        users = train.users  # array-backed: no sample is built to find each user's last
         last = np.flatnonzero(np.append(users[1:] != users[:-1], True)) if len(users) else users
         return [train[int(k)] for k in last]
 
