@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from kp4sr.benchmark import MODELS, summary_table
+from kp4sr.benchmark import MODELS, machine, summary_table
 from kp4sr.cli import main
 from kp4sr.evaluation import metrics
 
@@ -285,3 +285,16 @@ def test_prompt_stats_count_facts_per_hop_under_each_cap(tmp_path):
     assert mod.main(["--dataset", "toy", "--max-lengths", "48", "--out", str(tmp_path)]) == 0
     table = (tmp_path / "prompt_stats.md").read_text()
     assert "| 48 |" in table and "| none |" in table
+
+
+@pytest.mark.parametrize("threads, words", [(1, " 1 thread, "), (2, " 2 threads, ")])
+def test_machine_line_names_the_thread_count(threads, words):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        line = machine()
+    finally:
+        torch.set_num_threads(before)
+    assert words in line and f"torch {torch.__version__}" in line

@@ -118,8 +118,9 @@ def machine() -> str:
     except OSError:
         pass
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    n = torch.get_num_threads()
     return (
-        f"{cpu}, {torch.get_num_threads()} threads, {dev}; Python {platform.python_version()}, "
+        f"{cpu}, {n} thread{'s' if n != 1 else ''}, {dev}; Python {platform.python_version()}, "
         f"torch {torch.__version__}"
     )
 
