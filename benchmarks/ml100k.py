@@ -57,6 +57,27 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def config_options(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    """The Config options the named flags set; ``--set`` may override any of them."""
+    return {
+        "dataset": "ml-100k",
+        "data_dir": str(data_dir),
+        "epochs": args.epochs,
+        "samples_per_epoch": args.samples_per_epoch,
+        "max_length": args.max_length,
+        "degree": args.degree,
+        "hop": args.hop,
+        "backbone": args.backbone,
+        "item_tokens": args.item_tokens,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "patience": args.patience,
+        "min_user": args.min_user,
+        "min_item": args.min_item,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data-dir", default=None, help="folder with ml-100k/ and ml-100k-freebase/")
@@ -87,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other Config option, e.g. --set max_items=20 --set tie_embeddings=true",
+        help="any other Config option, e.g. --set max_items=20 --set tie_embeddings=true "
+        "(it wins over the named flags: --set lr=3e-4 and --lr 3e-4 are the same)",
     )
     args = p.parse_args(argv)
     try:
@@ -106,25 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, results = {}, []
+    named = config_options(args, data_dir)
     for name in args.variants.split(","):
-        cfg = Config(
-            dataset="ml-100k",
-            data_dir=str(data_dir),
-            epochs=args.epochs,
-            samples_per_epoch=args.samples_per_epoch,
-            max_length=args.max_length,
-            degree=args.degree,
-            hop=args.hop,
-            backbone=args.backbone,
-            item_tokens=args.item_tokens,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            patience=args.patience,
-            min_user=args.min_user,
-            min_item=args.min_item,
-            **{**overrides, **VARIANTS[name]},
-        )
+        cfg = Config(**{**named, **overrides, **VARIANTS[name]})
         t0 = time.perf_counter()
         run = out / name
         if args.resume and (run / "config.json").is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,6 +133,21 @@ def test_ml100k_set_parses_config_types():
     for bad in ("nonsense=1", "max_items", "tie_embeddings=maybe"):
         with pytest.raises(ValueError, match="--set"):
             parse([bad])
+
+
+def test_ml100k_set_wins_over_the_named_flags():
+    """Regression: ``--lr 1e-3 --set lr=3e-4`` once crashed with a TypeError from Config."""
+    import argparse
+
+    from kp4sr.recommender import Config
+
+    script = _load_script("ml100k.py")
+    flags = dict(epochs=2, samples_per_epoch=10, max_length=64, degree=3, hop=2)
+    flags |= dict(backbone="tiny", item_tokens="single", lr=1e-3, batch_size=8, seed=0)
+    flags |= dict(patience=1, min_user=0, min_item=0)
+    named = script.config_options(argparse.Namespace(**flags), Path("data"))
+    cfg = Config(**{**named, **script.parse_overrides(["lr=3e-4", "eval_every=2"])})
+    assert cfg.lr == 3e-4 and cfg.eval_every == 2 and cfg.batch_size == 8
 
 
 def test_merge_results_from_two_machines(tmp_path):
