@@ -14,6 +14,7 @@ from kp4sr.templates import (
     generic_template,
     load_relation_templates,
     mpp_templates,
+    resolve_mpp_templates,
     resolve_relation_templates,
 )
 from kp4sr.toy import generate
@@ -144,3 +145,70 @@ def test_mpp_templates():
         for t in ts:
             assert t.count("{history}") == 1 and t.count("{mask}") == 1 and "{user}" in t
     assert mpp_templates("podcasts") == mpp_templates("item")
+
+
+def test_mpp_template_choices(tmp_path):
+    """``--mpp-templates``: all of the domain's, only the evaluation one, or a user's list."""
+    assert resolve_mpp_templates("movie", "all") == mpp_templates("movie")
+    assert resolve_mpp_templates("movie", "first") == mpp_templates("movie")[:1]
+    mine = ["{user} : {history} -> {mask}", "history {history} ; next {mask}"]
+    f = tmp_path / "mpp.json"
+    f.write_text(json.dumps(mine))
+    assert resolve_mpp_templates("movie", str(f)) == mine
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ('{"a": 1}', "non-empty JSON list"),
+        ("[]", "non-empty JSON list"),
+        ('["{history} without a mask"]', "must be text with {mask}"),
+        ('["{history} {mask} {title}"]', "must be text with {mask}"),
+        ('["no history, only {mask}"]', "{history} and {mask} once each"),
+        ('["{history} {history} {mask}"]', "{history} and {mask} once each"),
+        ('["{history} {mask}",', "not a readable UTF-8 JSON file"),
+    ],
+)
+def test_mpp_template_file_errors_name_the_file(tmp_path, content, expected):
+    f = tmp_path / "mpp.json"
+    f.write_text(content)
+    with pytest.raises(DataError, match=expected) as e:
+        resolve_mpp_templates("movie", str(f))
+    assert "mpp.json" in str(e.value)
+
+
+def test_unknown_mpp_template_choice_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="all | first"):
+        resolve_mpp_templates("movie", str(tmp_path / "missing.json"))
+
+
+def test_first_mpp_template_trains_on_the_evaluation_prompt_only(tmp_path):
+    """With ``first`` every training prompt uses the evaluation template; the tokenizer is the
+    same as with ``all`` (so one run can warm-start the other); a user's template file is
+    saved in the run folder and need not exist when the run is loaded again."""
+    import numpy as np
+
+    from kp4sr.recommender import KP4SR, Config
+
+    data = generate(seed=1, n_users=30, n_items=20)
+    opts = dict(max_length=48, degree=2, vocab_size=300, knowledge=False)
+    both = KP4SR.create(Config(**opts), dataset=data)
+    first = KP4SR.create(Config(mpp_templates="first", **opts), dataset=data)
+    assert len(both.builder.mpp_templates) > 1
+    assert first.builder.mpp_templates == both.builder.mpp_templates[:1]
+    assert first.tokenizer.get_vocab() == both.tokenizer.get_vocab()
+    hist = [np.array([0, 1, 2])] * 8
+    rngs = [np.random.default_rng(i) for i in range(8)]
+    fixed = first.builder.build_batch(["7"] * 8, hist).input_ids
+    assert np.array_equal(first.builder.build_batch(["7"] * 8, hist, rngs).input_ids, fixed)
+    drawn = both.builder.build_batch(["7"] * 8, hist, rngs).input_ids  # several templates
+    assert drawn.shape != fixed.shape or not np.array_equal(drawn, fixed)
+
+    f = tmp_path / "mpp.json"
+    f.write_text(json.dumps(["{user} saw {history} then {mask}"]))
+    mine = KP4SR.create(Config(mpp_templates=str(f), **opts), dataset=data)
+    mine.save_pretrained(tmp_path / "run")
+    f.unlink()
+    again = KP4SR.from_pretrained(tmp_path / "run")
+    assert again.builder.mpp_templates == ["{user} saw {history} then {mask}"]
+    assert again.builder.mpp_text("7", np.array([0, 1]), 0).startswith("7 saw ")

@@ -30,6 +30,8 @@ OPTION_HELP: dict[str, str] = {
     "cache": "do not cache the preprocessed dataset",
     "templates": "JSON file {relation: sentence with [X] and [Y]} overriding built-in templates",
     "generic_templates": "relations without a template get 'The <relation> of [X] is [Y].'",
+    "mpp_templates": "MPP templates: all (default: one drawn per training sample) | first (only "
+    "the evaluation template) | a JSON file with a list of templates",
     "relations": "KG relations to keep, comma-separated, in evaluation priority (default: all)",
     "max_items": "history items the model sees (default 5)",
     "user_ids": "write 'new' instead of the user's ID in every prompt (no per-user token)",

@@ -44,7 +44,12 @@ from kp4sr.model import (
     set_tree_blocks,
 )
 from kp4sr.prompts import FusedPrompt, PromptBuilder, PromptConfig
-from kp4sr.templates import load_relation_templates, mpp_templates, resolve_relation_templates
+from kp4sr.templates import (
+    load_relation_templates,
+    mpp_templates,
+    resolve_mpp_templates,
+    resolve_relation_templates,
+)
 from kp4sr.tokenization import (
     ItemCodes,
     assign_item_numbers,
@@ -80,6 +85,7 @@ class Config:
     cache: bool = True  # cache preprocessed datasets ($KP4SR_CACHE, else ~/.cache/kp4sr)
     templates: str | None = None  # JSON file {relation: "sentence with [X] and [Y]"}
     generic_templates: bool = False  # relations without a template get a generic sentence
+    mpp_templates: str = "all"  # all: one drawn per sample | first: eval's only | JSON list file
     relations: str | None = None  # KG relations to keep, comma-separated, in priority order
     max_items: int = 5  # history items the model sees
     user_ids: bool = True  # False: every MPP names no user (no per-user token to memorise)
@@ -171,8 +177,11 @@ class KP4SR:
         model: T5ForConditionalGeneration,
         numbers: np.ndarray,
         relation_templates: dict[str, str],
+        mpp: list[str] | None = None,
     ):
         self.config = config
+        # a loaded run passes its saved templates: a template file need not outlive the run
+        self.mpp_templates = mpp or resolve_mpp_templates(dataset.domain, config.mpp_templates)
         self.dataset = dataset
         self.tokenizer = tokenizer
         if config.tree_blocks not in TREE_BLOCKS:
@@ -216,7 +225,7 @@ class KP4SR:
             self.dataset.items,
             self.dataset.kg,
             self.relation_templates,
-            mpp_templates(self.dataset.domain),
+            self.mpp_templates,
             config or self.builder.config,
         )
 
@@ -241,10 +250,11 @@ class KP4SR:
         numbers = assign_item_numbers(
             dataset.sequences, len(dataset.items), config.item_index, config.seed
         )
+        mpp = resolve_mpp_templates(dataset.domain, config.mpp_templates)
         texts = item_texts(numbers, config.item_tokens)
         extra = texts if config.item_tokens == "single" else []
         if is_preset(config.backbone):
-            corpus = _tokenizer_corpus(dataset, texts, rel_templates)
+            corpus = _tokenizer_corpus(dataset, texts, rel_templates, mpp)
             tokenizer = train_tokenizer(corpus, extra, config.vocab_size)
         else:
             tokenizer = load_tokenizer(config.backbone)
@@ -263,7 +273,7 @@ class KP4SR:
             from kp4sr.runfolder import warm_start
 
             warm_start(model, tokenizer, numbers, Path(config.init_from))
-        return cls(config, dataset, tokenizer, model, numbers, rel_templates)
+        return cls(config, dataset, tokenizer, model, numbers, rel_templates, mpp)
 
     def save_pretrained(self, folder: str | Path, weights_only: bool = False) -> None:
         """Write the self-contained run folder (safetensors + JSON)."""
@@ -322,9 +332,7 @@ class KP4SR:
                 config_path,
             )
         model = rf.load_t5(folder / "model", len(tokenizer), is_preset(config.backbone))
-        rec = cls(config, dataset, tokenizer, model, numbers, relations)
-        rec.builder.mpp_templates = mpp
-        return rec
+        return cls(config, dataset, tokenizer, model, numbers, relations, mpp)
 
     # -- data -----------------------------------------------------------------------------
     @property
@@ -581,16 +589,22 @@ class KP4SR:
 
 
 def _tokenizer_corpus(
-    dataset: Dataset, texts: list[str], rel_templates: dict[str, str]
+    dataset: Dataset, texts: list[str], rel_templates: dict[str, str], mpp: list[str]
 ) -> list[str]:
-    """Sentences the tokenizer is trained on: templates, every fact, every title."""
+    """Sentences the tokenizer is trained on: templates, every fact, every title.
+
+    The domain's built-in MPP templates are always in it, so that ``--mpp-templates first``
+    and ``all`` give the same tokenizer (and one run can warm-start the other)."""
     kg = dataset.kg
     key_text = dict(zip(dataset.items, texts))
     names = [
         key_text.get(e[len("item:") :], n or e) if e.startswith("item:") else (n or e)
         for e, n in zip(kg.entities, kg.names)
     ]
-    corpus = [t.replace("{", " ").replace("}", " ") for t in mpp_templates(dataset.domain)]
+    every_mpp = mpp_templates(dataset.domain) + [
+        t for t in mpp if t not in mpp_templates(dataset.domain)
+    ]
+    corpus = [t.replace("{", " ").replace("}", " ") for t in every_mpp]
     tmpl = [rel_templates[r] for r in kg.relations]
     for h, r, t in zip(kg.heads.tolist(), kg.rels.tolist(), kg.tails.tolist()):
         corpus.append(tmpl[r].replace("[X]", names[h]).replace("[Y]", names[t]))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,7 @@ from typing import Any
 import numpy as np
 
 from kp4sr.errors import DataError, KP4SRError
-from kp4sr.templates import check_template
-
-MPP_FIELDS = frozenset({"user", "history", "mask"})
+from kp4sr.templates import check_mpp_template, check_template
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -89,21 +86,6 @@ def check_numbers(value: Any, n_items: int, path: Path) -> np.ndarray:
     if sorted(numbers) != list(range(1, n_items + 1)):
         raise DataError(f"item numbers must be 1..{n_items}, each once", path)
     return np.asarray(numbers, dtype=np.int64)
-
-
-def check_mpp_template(template: Any, path: Path) -> str:
-    """An MPP template fills ``{user}``, ``{history}`` and ``{mask}``, and nothing else."""
-    try:
-        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except (ValueError, TypeError):
-        names = None
-    if names is None or not names <= MPP_FIELDS or "mask" not in names:
-        raise DataError(
-            "an MPP template must be text with {mask} and only {user}, {history}, {mask} "
-            f"as fields, found {template!r}",
-            path,
-        )
-    return template
 
 
 def check_saved_templates(

@@ -8,6 +8,7 @@ user JSON file ``{"relation": "The genre of [X] is [Y]."}`` overrides or extends
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -110,6 +111,8 @@ RELATION_TEMPLATES: dict[str, str] = {
 }
 
 GENERIC_TEMPLATE = "The {relation} of [X] is [Y]."
+MPP_FIELDS = frozenset({"user", "history", "mask"})
+MPP_CHOICES = ("all", "first")
 
 
 def check_template(relation: str, template: str, path: str | Path | None = None) -> str:
@@ -181,3 +184,57 @@ def resolve_relation_templates(
 def mpp_templates(domain: str) -> list[str]:
     """The MPP templates of a domain (``item`` for unknown domains)."""
     return MPP_TEMPLATES.get(domain, MPP_TEMPLATES["item"])
+
+
+def check_mpp_template(template: object, path: str | Path | None = None) -> str:
+    """An MPP template fills ``{user}``, ``{history}`` and ``{mask}``, and nothing else."""
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        names = None
+    if names is None or not names <= MPP_FIELDS or "mask" not in names:
+        raise DataError(
+            "an MPP template must be text with {mask} and only {user}, {history}, {mask} "
+            f"as fields, found {template!r}",
+            path,
+        )
+    return str(template)
+
+
+def resolve_mpp_templates(domain: str, choice: str) -> list[str]:
+    """The MPP templates a run uses (``--mpp-templates``); the first is the evaluation one.
+
+    ``all``: the domain's set, one drawn per training sample (the paper's augmentation).
+    ``first``: only the evaluation template, so training prompts look exactly like test
+    prompts. Anything else is a JSON file holding a list of templates.
+    """
+    if choice == "all":
+        return list(mpp_templates(domain))
+    if choice == "first":
+        return mpp_templates(domain)[:1]
+    path = Path(choice)
+    if not path.is_file():
+        raise ConfigError(
+            f"--mpp-templates is {choice!r}: expected {' | '.join(MPP_CHOICES)} or a JSON file "
+            "with a list of templates"
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        line = getattr(e, "lineno", None)
+        raise DataError(
+            f"not a readable UTF-8 JSON file ({e.__class__.__name__})", path, line
+        ) from None
+    if not isinstance(raw, list) or not raw:
+        raise DataError(
+            'expected a non-empty JSON list of MPP templates, e.g. ["User {user} '
+            'has watched {history} , and is going to watch {mask} next ."]',
+            path,
+        )
+    out = [check_mpp_template(t, path) for t in raw]
+    for t in out:
+        if t.count("{history}") != 1 or t.count("{mask}") != 1:
+            raise DataError(
+                f"an MPP template needs {{history}} and {{mask}} once each: {t!r}", path
+            )
+    return out
