@@ -75,6 +75,16 @@ def test_neural_baselines_learn_a_deterministic_chain(name):
     assert res["test"]["users"] == 60
     assert res["test"]["HR@5"] > 0.9, res["test"]  # random guessing gives ~5/12
     assert res["test"]["NDCG@10"] > 0.7
+    # and it fits each user's last training target (the diagnostic of over/underfitting)
+    assert res["train"]["users"] == 60 and res["train"]["HR@5"] > 0.9, res["train"]
+
+
+def test_last_train_is_each_users_position_before_validation():
+    ds = chain_dataset(n_items=30, length=10)
+    split = leave_one_out(ds, max_items=3)
+    last = split.last_train()
+    assert [s.user for s in last] == [s.user for s in split.valid]
+    assert all(t.position == v.position - 1 for t, v in zip(last, split.valid))
 
 
 def test_neural_baselines_never_rank_seen_items():

@@ -292,6 +292,8 @@ def run_baseline(
         "train_positions": len(split.train),  # samples per epoch: every training position
         "valid": metrics(ranks["valid"]),
         "test": metrics(ranks["test"]),
+        # each user's last training target: how well it fits what it learnt from
+        "train": metrics(model.user_ranks(dataset, split.last_train())),
         "config": asdict(config),
     }
     if out is not None:

@@ -220,6 +220,15 @@ class Split:
             raise ConfigError(f"unknown split {name!r}: expected train, valid or test")
         return getattr(self, name)
 
+    def last_train(self) -> list[Sample]:
+        """Each user's last training target (the position before validation), one per user.
+
+        Ranked with the protocol of ``valid`` and ``test``, it measures how well a model fits
+        data it learnt from: a large gap to ``valid`` is overfitting, none is underfitting."""
+        users = self.train.users  # array-backed: no sample is built to find each user's last
+        last = np.flatnonzero(np.append(users[1:] != users[:-1], True)) if len(users) else users
+        return [self.train[int(k)] for k in last]
+
 
 MIN_INTERACTIONS = 3
 

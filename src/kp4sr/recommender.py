@@ -503,10 +503,7 @@ class KP4SR:
             return list(self.split[split])
         if split != "train":
             raise ConfigError(f"evaluate on train, valid or test, not {split!r}")
-        train = self.split.train
-        users = train.users  # array-backed: no sample is built to find each user's last
-        last = np.flatnonzero(np.append(users[1:] != users[:-1], True)) if len(users) else users
-        return [train[int(k)] for k in last]
+        return self.split.last_train()
 
     def recommend(
         self,
