@@ -598,9 +598,8 @@ def _tokenizer_corpus(
         key_text.get(e[len("item:") :], n or e) if e.startswith("item:") else (n or e)
         for e, n in zip(kg.entities, kg.names)
     ]
-    every_mpp = mpp_templates(dataset.domain) + [
-        t for t in mpp if t not in mpp_templates(dataset.domain)
-    ]
+    builtin = mpp_templates(dataset.domain)
+    every_mpp = builtin + [t for t in mpp if t not in builtin]
     corpus = [t.replace("{", " ").replace("}", " ") for t in every_mpp]
     tmpl = [rel_templates[r] for r in kg.relations]
     for h, r, t in zip(kg.heads.tolist(), kg.rels.tolist(), kg.tails.tolist()):
