@@ -75,6 +75,22 @@ def test_paired_comparison_of_per_user_ranks(tmp_path, capsys):
         compare.main([str(files["a"]), str(other)])
 
 
+def test_metric_by_target_popularity():
+    """benchmarks/popularity.py: quantile groups by training count, and a model that only ever
+    finds popular targets scores in the top group alone; a user without a rank is refused."""
+    pop = _load_script("popularity.py")
+    counts = np.arange(100)
+    groups, edges = pop.bucket_of(counts, 4)
+    assert np.bincount(groups).tolist() == [25, 25, 25, 25] and edges[[0, -1]].tolist() == [0, 99]
+    assert groups[0] == 0 and groups[-1] == 3 and np.all(np.diff(groups) >= 0)
+    targets = {f"u{k}": k for k in range(100)}  # user u<k> has item k as target, count k
+    popular_only = {f"u{k}": (0 if k >= 75 else -1) for k in range(100)}
+    table = pop.table({"m": popular_only}, targets, counts, "HR@10", 4)
+    assert "| m | 0.2500 | 0.0000 | 0.0000 | 0.0000 | 1.0000 |" in table
+    with pytest.raises(SystemExit, match="no rank for 1 users"):
+        pop.table({"m": {u: 0 for u in list(targets)[1:]}}, targets, counts, "HR@10", 4)
+
+
 def test_summary_table_mean_and_std():
     rows = [
         {
@@ -97,7 +113,7 @@ def test_benchmark_scripts_run(tmp_path):
 
     root = Path(__file__).resolve().parents[1] / "benchmarks"
     scripts = ("ml100k.py", "baselines.py", "determinism.py", "merge_results.py", "precision.py")
-    for script in (*scripts, "curves.py", "prompt_stats.py", "compare.py"):
+    for script in (*scripts, "curves.py", "prompt_stats.py", "compare.py", "popularity.py"):
         done = subprocess.run([sys.executable, str(root / script), "--help"], capture_output=True)
         assert done.returncode == 0, done.stderr.decode()
     out = tmp_path / "bl"
