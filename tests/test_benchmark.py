@@ -91,6 +91,26 @@ def test_metric_by_target_popularity():
         pop.table({"m": {u: 0 for u in list(targets)[1:]}}, targets, counts, "HR@10", 4)
 
 
+def test_logit_adjustment_ranks_and_sweep():
+    """benchmarks/logit_adjust.py: α = 0 keeps the model's ranking, a penalty on the popular
+    item lifts the rest, seen items never count, and the table bolds the α valid chose."""
+    la = _load_script("logit_adjust.py")
+    scores = np.array([[3.0, 2.0, 1.0, 0.0], [3.0, 2.0, 1.0, 0.0]])
+    seen = np.array([[False] * 4, [False, True, False, False]])
+    targets = np.array([1, 2])
+    none = np.zeros(4)
+    assert la.adjusted_ranks(scores, seen, targets, none).tolist() == [1, 1]  # item 1 seen
+    popular = np.array([5.0, 0.0, 0.0, 0.0])  # item 0 pushed below everything
+    assert la.adjusted_ranks(scores, seen, targets, popular).tolist() == [0, 0]
+    assert la.adjusted_ranks(scores, seen, targets, none, k=1).tolist() == [-1, -1]
+    counts = np.array([np.e**5 - 1, 0.0, 0.0, 0.0])  # log1p = 5 for item 0
+    split = {"valid": scores}
+    rows = la.sweep(split, {"valid": seen}, {"valid": targets}, counts, (0.0, 1.0))
+    assert rows[0]["valid HR@10"] == 1.0 and rows[1]["valid NDCG@10"] == 1.0
+    assert rows[0]["valid NDCG@10"] == pytest.approx(1 / np.log2(3))
+    assert "| **1** | 1.0000 | 1.0000 |" in la.table("m", rows)
+
+
 def test_summary_table_mean_and_std():
     rows = [
         {
@@ -113,7 +133,8 @@ def test_benchmark_scripts_run(tmp_path):
 
     root = Path(__file__).resolve().parents[1] / "benchmarks"
     scripts = ("ml100k.py", "baselines.py", "determinism.py", "merge_results.py", "precision.py")
-    for script in (*scripts, "curves.py", "prompt_stats.py", "compare.py", "popularity.py"):
+    more = ("curves.py", "prompt_stats.py", "compare.py", "popularity.py", "logit_adjust.py")
+    for script in (*scripts, *more):
         done = subprocess.run([sys.executable, str(root / script), "--help"], capture_output=True)
         assert done.returncode == 0, done.stderr.decode()
     out = tmp_path / "bl"

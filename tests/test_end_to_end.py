@@ -445,8 +445,16 @@ def test_init_from_starts_a_run_from_an_earlier_runs_weights(tmp_path, trained, 
     assert saved["init_from"] == str(out)
     with pytest.raises(DataError, match="items.json: --init-from: its items are numbered"):
         KP4SR.create(Config(**one, seed=3, init_from=str(out)), dataset=small_toy)
-    with pytest.raises(DataError, match="tokenizer differs"):
+    with pytest.raises(DataError, match="tokenizer differs .*--vocab-size is 8000 there, 50 here"):
         KP4SR.create(Config(**one, vocab_size=50, init_from=str(out)), dataset=small_toy)
+    # other knowledge (here one relation kept) would train another tokenizer from scratch; a
+    # warm start reuses the earlier run's, so the weights still mean the same tokens
+    first = small_toy.kg.relations[0]
+    cold_kg = KP4SR.create(Config(**one, relations=first), dataset=small_toy)
+    assert cold_kg.tokenizer.get_vocab() != rec.tokenizer.get_vocab()
+    warm_kg = KP4SR.create(Config(**one, relations=first, init_from=str(out)), dataset=small_toy)
+    assert warm_kg.tokenizer.get_vocab() == rec.tokenizer.get_vocab()
+    assert torch.equal(warm_kg.model.shared.weight, rec.model.shared.weight.to(torch.float32))
     with pytest.raises(DataError, match="output is unscaled and this run.s is not"):
         KP4SR.create(Config(**one, tie_embeddings=True, init_from=str(out)), dataset=small_toy)
     with pytest.raises(DataError, match="another shape .*another --backbone"):

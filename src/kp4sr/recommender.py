@@ -253,7 +253,13 @@ class KP4SR:
         mpp = resolve_mpp_templates(dataset.domain, config.mpp_templates)
         texts = item_texts(numbers, config.item_tokens)
         extra = texts if config.item_tokens == "single" else []
-        if is_preset(config.backbone):
+        if config.init_from and is_preset(config.backbone):
+            from kp4sr.runfolder import warm_start_tokenizer
+
+            tokenizer = warm_start_tokenizer(
+                Path(config.init_from), config.vocab_size, config.item_tokens, numbers, extra
+            )
+        elif is_preset(config.backbone):
             corpus = _tokenizer_corpus(dataset, texts, rel_templates, mpp)
             tokenizer = train_tokenizer(corpus, extra, config.vocab_size)
         else:

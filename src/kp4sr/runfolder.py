@@ -330,22 +330,7 @@ def warm_start(model: Any, tokenizer: Any, numbers: np.ndarray, folder: Path) ->
 
     if not (folder / "config.json").is_file():
         raise DataError("--init-from: not a kp4sr run folder (no config.json)", folder)
-    items_path = folder / "items.json"
-    raw = read_json(items_path, "item numbers")
-    listed = raw.get("numbers") if isinstance(raw, dict) else None
-    if isinstance(listed, list) and len(listed) != len(numbers):
-        raise DataError(
-            f"--init-from: it was trained on {len(listed)} items, this run has {len(numbers)} "
-            "(another dataset or filtering)",
-            items_path,
-        )
-    theirs = check_numbers(raw, len(numbers), items_path)
-    if not np.array_equal(theirs, numbers):
-        raise DataError(
-            "--init-from: its items are numbered differently from this run's "
-            "(another dataset, seed or --item-index)",
-            items_path,
-        )
+    check_items(folder, numbers)
     if load_run_tokenizer(folder / "tokenizer").get_vocab() != tokenizer.get_vocab():
         raise DataError(
             "--init-from: its tokenizer differs from this run's "
@@ -373,3 +358,59 @@ def warm_start(model: Any, tokenizer: Any, numbers: np.ndarray, folder: Path) ->
             )
     with torch.no_grad():
         model.load_state_dict(theirs_state, strict=True)
+
+
+def check_items(folder: Path, numbers: np.ndarray) -> None:
+    """An ``--init-from`` run must number the same items the same way as this run."""
+    items_path = folder / "items.json"
+    raw = read_json(items_path, "item numbers")
+    listed = raw.get("numbers") if isinstance(raw, dict) else None
+    if isinstance(listed, list) and len(listed) != len(numbers):
+        raise DataError(
+            f"--init-from: it was trained on {len(listed)} items, this run has {len(numbers)} "
+            "(another dataset or filtering)",
+            items_path,
+        )
+    theirs = check_numbers(raw, len(numbers), items_path)
+    if not np.array_equal(theirs, numbers):
+        raise DataError(
+            "--init-from: its items are numbered differently from this run's "
+            "(another dataset, seed or --item-index)",
+            items_path,
+        )
+
+
+def warm_start_tokenizer(
+    folder: Path, vocab_size: int, item_tokens: str, numbers: np.ndarray, item_texts: list[str]
+) -> Any:
+    """The tokenizer a warm start (``--init-from``) uses: the earlier run's own.
+
+    A from-scratch tokenizer is trained on the dataset's text, knowledge prompts included, so a
+    run with other ``--relations``, ``--templates`` or hops would get another vocabulary, and
+    the earlier weights would no longer mean the same tokens. Reusing the earlier tokenizer keeps
+    them aligned; what must still match (its vocabulary size, its item tokens) is checked here.
+    """
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise DataError("--init-from: not a kp4sr run folder (no config.json)", folder)
+    check_items(folder, numbers)
+    theirs = read_json(config_path, "the run's settings")
+    theirs = theirs if isinstance(theirs, dict) else {}
+    for key, mine in (("vocab_size", vocab_size), ("item_tokens", item_tokens)):
+        if key in theirs and theirs[key] != mine:
+            flag = "--" + key.replace("_", "-")
+            raise DataError(
+                f"--init-from: its tokenizer differs from this run's ({flag} is "
+                f"{theirs[key]!r} there, {mine!r} here)",
+                config_path,
+            )
+    tokenizer = load_run_tokenizer(folder / "tokenizer")
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in item_texts if t not in vocab]
+    if missing:
+        raise DataError(
+            f"--init-from: its tokenizer differs from this run's ({len(missing)} item tokens "
+            f"missing, e.g. {missing[0]!r}: another dataset or --item-tokens)",
+            folder / "tokenizer",
+        )
+    return tokenizer
