@@ -85,20 +85,6 @@ def table(name: str, rows: list[dict[str, float]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def t5_scores(rec, samples: list[Sample], batch_size: int = 64) -> np.ndarray:
-    """[U, n_items] exact log-probabilities of every item, as the run's full-ranking mode."""
-    from kp4sr.decoding import full_scores
-
-    out = []
-    for s in range(0, len(samples), batch_size):
-        chunk = samples[s : s + batch_size]
-        texts = [rec.user_text(x.user) for x in chunk]
-        batch = rec.builder.build_batch(texts, [x.history for x in chunk]).to(rec.device)
-        eos = rec.tokenizer.eos_token_id
-        out.append(full_scores(rec.model, batch, rec.codes, eos, rec.config.tree_mask))
-    return np.concatenate(out)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path, help="a KP4SR run folder (RUN/VARIANT)")
@@ -118,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = {sp: np.array([x.target for x in s], dtype=np.int64) for sp, s in samples.items()}
     counts = item_counts(rec.split, len(rec.dataset.items))
     with torch.no_grad():
-        scores = {sp: t5_scores(rec, s) for sp, s in samples.items()}
+        scores = {sp: rec.item_scores(s) for sp, s in samples.items()}
     results = {str(args.run): sweep(scores, seen, targets, counts, alphas)}
     if args.sasrec:
         from kp4sr.baselines import BaselineConfig, make_baseline

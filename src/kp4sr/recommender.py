@@ -415,11 +415,11 @@ class KP4SR:
     def seen_items(self, sample: Sample) -> set[int]:
         return set(self.dataset.sequences[sample.user][: sample.position].tolist())
 
-    def full_ranks(self, samples: list[Sample], progress: bool = False) -> np.ndarray:
-        """Exact 0-based rank of each target among all items (seen items excluded by the
-        config), from every item's log-probability under the decoder."""
+    def item_scores(self, samples: list[Sample], progress: bool = False) -> np.ndarray:
+        """[len(samples), n_items]: every item's exact log-probability under the decoder for
+        each sample's prompt (seen items not excluded): what the full ranking sorts."""
         bs = self.config.eval_batch_size
-        ranks = np.empty(len(samples), dtype=np.int64)
+        out = np.empty((len(samples), len(self.dataset.items)), dtype=np.float32)
         starts = range(0, len(samples), bs)
         if progress:
             from tqdm.auto import tqdm
@@ -429,14 +429,21 @@ class KP4SR:
             chunk = samples[s : s + bs]
             texts = [self.user_text(x.user) for x in chunk]
             batch = self.builder.build_batch(texts, [x.history for x in chunk]).to(self.device)
-            sc = full_scores(
+            out[s : s + len(chunk)] = full_scores(
                 self.model, batch, self.codes, self.tokenizer.eos_token_id, self.config.tree_mask
             )
-            for row, x in enumerate(chunk):
-                if self.config.exclude_seen:
-                    sc[row, list(self.seen_items(x))] = -np.inf
-                ranks[s + row] = int((sc[row] > sc[row, x.target]).sum())
-        return ranks
+        return out
+
+    def full_ranks(self, samples: list[Sample], progress: bool = False) -> np.ndarray:
+        """Exact 0-based rank of each target among all items (seen items excluded by the
+        config), from every item's log-probability under the decoder."""
+        sc = self.item_scores(samples, progress)
+        if self.config.exclude_seen:
+            for row, x in enumerate(samples):
+                sc[row, list(self.seen_items(x))] = -np.inf
+        targets = np.array([x.target for x in samples], dtype=np.int64)
+        mine = sc[np.arange(len(samples)), targets]
+        return (sc > mine[:, None]).sum(1).astype(np.int64)
 
     def evaluate(
         self,
