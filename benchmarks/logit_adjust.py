@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from kp4sr.data import Dataset, Sample, Split
+from kp4sr.data import Dataset, Sample
 from kp4sr.evaluation import metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from popularity import target_counts  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
 ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
-
-
-def item_counts(split: Split, n_items: int) -> np.ndarray:
-    """How often each item is a training target: the prior a popularity correction divides out."""
-    targets = np.fromiter((s.target for s in split.train), np.int64, len(split.train))
-    return np.bincount(targets, minlength=n_items).astype(np.float64)
 
 
 def seen_matrix(dataset: Dataset, samples: list[Sample]) -> np.ndarray:
@@ -102,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = {sp: rec.eval_samples(sp) for sp in SPLITS}
     seen = {sp: seen_matrix(rec.dataset, s) for sp, s in samples.items()}
     targets = {sp: np.array([x.target for x in s], dtype=np.int64) for sp, s in samples.items()}
-    counts = item_counts(rec.split, len(rec.dataset.items))
+    counts = target_counts(rec.split, len(rec.dataset.items)).astype(np.float64)
     with torch.no_grad():
         scores = {sp: rec.item_scores(s) for sp, s in samples.items()}
     results = {str(args.run): sweep(scores, seen, targets, counts, alphas)}
