@@ -351,3 +351,27 @@ def test_machine_line_names_the_thread_count(threads, words):
     finally:
         torch.set_num_threads(before)
     assert words in line and f"torch {torch.__version__}" in line
+
+
+def test_benchmark_baselines_stop_early_not_at_an_epoch_cap(tmp_path, monkeypatch):
+    """A full benchmark trains each baseline up to BaselineConfig's epochs, so validation
+    (patience) ends it; a lower cap once cut SASRec off on ML-100k while it still improved."""
+    from kp4sr import benchmark, toy
+    from kp4sr.baselines import BaselineConfig
+    from kp4sr.recommender import Config
+
+    seen = []
+    real = benchmark.run_baseline
+
+    def spy(name, dataset, split, max_items, cfg, **kw):
+        seen.append((cfg.epochs, cfg.patience))
+        return real(name, dataset, split, max_items, cfg, **kw)
+
+    monkeypatch.setattr(benchmark, "run_baseline", spy)
+    ds = toy.generate(seed=1, n_users=60, n_items=40)
+    for folder, quick in (("full", False), ("quick", True)):
+        benchmark.run_benchmark(
+            ds, Config(), tmp_path / folder, quick=quick, models=("pop",), progress=False
+        )
+    assert seen == [(BaselineConfig().epochs, BaselineConfig().patience), (3, 5)]
+    assert BaselineConfig().epochs >= 50

@@ -3,6 +3,7 @@ recommend, explain — through the Python API and the command line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -443,8 +444,16 @@ def test_init_from_starts_a_run_from_an_earlier_runs_weights(tmp_path, trained, 
     assert loss["warm"] < loss["cold"] - 0.5, loss  # the earlier run's learning carries over
     saved = json.loads((tmp_path / "warm" / "config.json").read_text())
     assert saved["init_from"] == str(out)
-    with pytest.raises(DataError, match="items.json: --init-from: its items are numbered"):
-        KP4SR.create(Config(**one, seed=3, init_from=str(out)), dataset=small_toy)
+    # another seed would draw other item numbers; a warm start keeps the earlier run's (matched
+    # by item ID), so a second training seed of a warm start is possible
+    reseeded = KP4SR.create(Config(**one, seed=3), dataset=small_toy)
+    assert not np.array_equal(reseeded.numbers, rec.numbers)
+    warm3 = KP4SR.create(Config(**one, seed=3, init_from=str(out)), dataset=small_toy)
+    np.testing.assert_array_equal(warm3.numbers, rec.numbers)
+    assert torch.equal(warm3.model.shared.weight, rec.model.shared.weight.to(torch.float32))
+    renamed = dataclasses.replace(small_toy, items=["elsewhere", *small_toy.items[1:]])
+    with pytest.raises(DataError, match="dataset.json: --init-from: 1 of this run's items are no"):
+        KP4SR.create(Config(**one, init_from=str(out)), dataset=renamed)
     with pytest.raises(DataError, match="tokenizer differs .*--vocab-size is 8000 there, 50 here"):
         KP4SR.create(Config(**one, vocab_size=50, init_from=str(out)), dataset=small_toy)
     # other knowledge (here one relation kept) would train another tokenizer from scratch; a

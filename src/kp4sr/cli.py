@@ -46,7 +46,7 @@ OPTION_HELP: dict[str, str] = {
     "tree_blocks": "compute tree-masked attention group by group: auto (on a CPU) | on | off",
     "precision": "training autocast: auto (bf16 on a GPU, fp32 on a CPU) | fp32 | bf16",
     "backbone": "tiny | small | t5-small (from scratch) or a local Hugging Face T5 folder",
-    "init_from": "start from the weights of an earlier run folder (same tokenizer and items)",
+    "init_from": "start from an earlier run folder: its weights, tokenizer and item numbering",
     "vocab_size": "vocabulary size of the tokenizer trained on the dataset (default 8000)",
     "dropout": "dropout rate (default 0.1)",
     "tie_embeddings": "scale the decoder output by d_model^-0.5 as the original (tied) T5 "

@@ -247,9 +247,14 @@ class KP4SR:
         rel_templates = resolve_relation_templates(
             dataset.kg.relations, overrides, config.generic_templates
         )
-        numbers = assign_item_numbers(
-            dataset.sequences, len(dataset.items), config.item_index, config.seed
-        )
+        if config.init_from:  # the earlier run's numbers: its weights' rows are by number
+            from kp4sr.runfolder import warm_start_numbers
+
+            numbers = warm_start_numbers(Path(config.init_from), list(map(str, dataset.items)))
+        else:
+            numbers = assign_item_numbers(
+                dataset.sequences, len(dataset.items), config.item_index, config.seed
+            )
         mpp = resolve_mpp_templates(dataset.domain, config.mpp_templates)
         texts = item_texts(numbers, config.item_tokens)
         extra = texts if config.item_tokens == "single" else []

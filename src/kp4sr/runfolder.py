@@ -323,7 +323,7 @@ def warm_start(model: Any, tokenizer: Any, numbers: np.ndarray, folder: Path) ->
 
     Weights only mean the same thing when every token and every item maps to the same row:
     the earlier run must share this run's tokenizer (dataset, vocabulary size, item tokens)
-    and item numbering (seed, ``item_index``), and the model's shape. Anything else is named
+    and item numbering (:func:`warm_start_numbers`), and the model's shape. Anything else is named
     here, before training starts, rather than learnt as noise.
     """
     import torch
@@ -378,6 +378,41 @@ def check_items(folder: Path, numbers: np.ndarray) -> None:
             "(another dataset, seed or --item-index)",
             items_path,
         )
+
+
+def warm_start_numbers(folder: Path, items: list[str]) -> np.ndarray:
+    """The item numbering a warm start (``--init-from``) uses: the earlier run's own.
+
+    An item's number is its row in the embedding, so the weights only carry over under the
+    earlier numbering. Matching by raw item ID (``dataset.json``) rather than redrawing it from
+    ``--seed`` lets a warm start train with another seed; other items (another dataset or
+    filtering) are refused here, naming the file.
+    """
+    if not (folder / "config.json").is_file():
+        raise DataError("--init-from: not a kp4sr run folder (no config.json)", folder)
+    items_path, meta_path = folder / "items.json", folder / "dataset.json"
+    raw = read_json(items_path, "item numbers")
+    listed = raw.get("numbers") if isinstance(raw, dict) else None
+    if isinstance(listed, list) and len(listed) != len(items):
+        raise DataError(
+            f"--init-from: it was trained on {len(listed)} items, this run has {len(items)} "
+            "(another dataset or filtering)",
+            items_path,
+        )
+    theirs = check_numbers(raw, len(items), items_path)
+    meta = read_json(meta_path, "the dataset snapshot")
+    their_items = meta.get("items") if isinstance(meta, dict) else None
+    if not isinstance(their_items, list) or len(their_items) != len(theirs):
+        raise DataError(f'expected "items": a list of {len(theirs)} item IDs', meta_path)
+    number_of = dict(zip(map(str, their_items), theirs.tolist()))
+    missing = [x for x in items if x not in number_of]
+    if missing:
+        raise DataError(
+            f"--init-from: {len(missing)} of this run's items are not in it, e.g. item "
+            f"{missing[0]!r} (another dataset or filtering)",
+            meta_path,
+        )
+    return np.array([number_of[x] for x in items], dtype=np.int64)
 
 
 def warm_start_tokenizer(
