@@ -73,6 +73,16 @@ def test_paired_comparison_of_per_user_ranks(tmp_path, capsys):
     other.write_text(json.dumps({"test": {"users": users[:-1], "ranks": ranks[:-1].tolist()}}))
     with pytest.raises(SystemExit, match="different users"):
         compare.main([str(files["a"]), str(other)])
+    with pytest.raises(SystemExit, match="different users"):
+        compare.main([f"{files['a']},{other}", str(files["b"])])
+    # seeds pooled per side: each user's metric is the mean over that side's runs
+    pooled = f"{files['a']},{files['b']}"
+    assert compare.main([pooled, str(files["c"]), "--json", "--draws", "500"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert (res["seeds_a"], res["seeds_b"]) == (2, 1)
+    mean_a = (metrics(better)["NDCG@10"] + metrics(ranks)["NDCG@10"]) / 2
+    assert res["NDCG@10"]["a"] == pytest.approx(mean_a)
+    assert res["NDCG@10"]["diff"] == pytest.approx(mean_a - metrics(ranks)["NDCG@10"])
 
 
 def test_metric_by_target_popularity():
