@@ -360,23 +360,27 @@ def warm_start(model: Any, tokenizer: Any, numbers: np.ndarray, folder: Path) ->
         model.load_state_dict(theirs_state, strict=True)
 
 
-def check_items(folder: Path, numbers: np.ndarray) -> None:
-    """An ``--init-from`` run must number the same items the same way as this run."""
+def _their_numbers(folder: Path, n_items: int) -> np.ndarray:
+    """An ``--init-from`` run's item numbers, refused (named) if it had another item count."""
     items_path = folder / "items.json"
     raw = read_json(items_path, "item numbers")
     listed = raw.get("numbers") if isinstance(raw, dict) else None
-    if isinstance(listed, list) and len(listed) != len(numbers):
+    if isinstance(listed, list) and len(listed) != n_items:
         raise DataError(
-            f"--init-from: it was trained on {len(listed)} items, this run has {len(numbers)} "
+            f"--init-from: it was trained on {len(listed)} items, this run has {n_items} "
             "(another dataset or filtering)",
             items_path,
         )
-    theirs = check_numbers(raw, len(numbers), items_path)
-    if not np.array_equal(theirs, numbers):
+    return check_numbers(raw, n_items, items_path)
+
+
+def check_items(folder: Path, numbers: np.ndarray) -> None:
+    """An ``--init-from`` run must number the same items the same way as this run."""
+    if not np.array_equal(_their_numbers(folder, len(numbers)), numbers):
         raise DataError(
             "--init-from: its items are numbered differently from this run's "
             "(another dataset, seed or --item-index)",
-            items_path,
+            folder / "items.json",
         )
 
 
@@ -390,16 +394,8 @@ def warm_start_numbers(folder: Path, items: list[str]) -> np.ndarray:
     """
     if not (folder / "config.json").is_file():
         raise DataError("--init-from: not a kp4sr run folder (no config.json)", folder)
-    items_path, meta_path = folder / "items.json", folder / "dataset.json"
-    raw = read_json(items_path, "item numbers")
-    listed = raw.get("numbers") if isinstance(raw, dict) else None
-    if isinstance(listed, list) and len(listed) != len(items):
-        raise DataError(
-            f"--init-from: it was trained on {len(listed)} items, this run has {len(items)} "
-            "(another dataset or filtering)",
-            items_path,
-        )
-    theirs = check_numbers(raw, len(items), items_path)
+    theirs = _their_numbers(folder, len(items))
+    meta_path = folder / "dataset.json"
     meta = read_json(meta_path, "the dataset snapshot")
     their_items = meta.get("items") if isinstance(meta, dict) else None
     if not isinstance(their_items, list) or len(their_items) != len(theirs):
