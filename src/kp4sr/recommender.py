@@ -262,7 +262,7 @@ class KP4SR:
             from kp4sr.runfolder import warm_start_tokenizer
 
             tokenizer = warm_start_tokenizer(
-                Path(config.init_from), config.vocab_size, config.item_tokens, numbers, extra
+                Path(config.init_from), config.vocab_size, config.item_tokens, extra
             )
         elif is_preset(config.backbone):
             corpus = _tokenizer_corpus(dataset, texts, rel_templates, mpp)
@@ -283,7 +283,7 @@ class KP4SR:
         if config.init_from:
             from kp4sr.runfolder import warm_start
 
-            warm_start(model, tokenizer, numbers, Path(config.init_from))
+            warm_start(model, tokenizer, Path(config.init_from))
         return cls(config, dataset, tokenizer, model, numbers, rel_templates, mpp)
 
     def save_pretrained(self, folder: str | Path, weights_only: bool = False) -> None:

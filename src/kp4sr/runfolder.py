@@ -318,19 +318,19 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def warm_start(model: Any, tokenizer: Any, numbers: np.ndarray, folder: Path) -> None:
+def warm_start(model: Any, tokenizer: Any, folder: Path) -> None:
     """Copy an earlier run's weights into ``model``, the start of a new run (``--init-from``).
 
     Weights only mean the same thing when every token and every item maps to the same row:
     the earlier run must share this run's tokenizer (dataset, vocabulary size, item tokens)
-    and item numbering (:func:`warm_start_numbers`), and the model's shape. Anything else is named
+    (:func:`warm_start_tokenizer`) and item numbering (:func:`warm_start_numbers`, which
+    ``KP4SR.create`` takes from the earlier run), and the model's shape. Anything else is named
     here, before training starts, rather than learnt as noise.
     """
     import torch
 
     if not (folder / "config.json").is_file():
         raise DataError("--init-from: not a kp4sr run folder (no config.json)", folder)
-    check_items(folder, numbers)
     if load_run_tokenizer(folder / "tokenizer").get_vocab() != tokenizer.get_vocab():
         raise DataError(
             "--init-from: its tokenizer differs from this run's "
@@ -360,30 +360,6 @@ def warm_start(model: Any, tokenizer: Any, numbers: np.ndarray, folder: Path) ->
         model.load_state_dict(theirs_state, strict=True)
 
 
-def _their_numbers(folder: Path, n_items: int) -> np.ndarray:
-    """An ``--init-from`` run's item numbers, refused (named) if it had another item count."""
-    items_path = folder / "items.json"
-    raw = read_json(items_path, "item numbers")
-    listed = raw.get("numbers") if isinstance(raw, dict) else None
-    if isinstance(listed, list) and len(listed) != n_items:
-        raise DataError(
-            f"--init-from: it was trained on {len(listed)} items, this run has {n_items} "
-            "(another dataset or filtering)",
-            items_path,
-        )
-    return check_numbers(raw, n_items, items_path)
-
-
-def check_items(folder: Path, numbers: np.ndarray) -> None:
-    """An ``--init-from`` run must number the same items the same way as this run."""
-    if not np.array_equal(_their_numbers(folder, len(numbers)), numbers):
-        raise DataError(
-            "--init-from: its items are numbered differently from this run's "
-            "(another dataset, seed or --item-index)",
-            folder / "items.json",
-        )
-
-
 def warm_start_numbers(folder: Path, items: list[str]) -> np.ndarray:
     """The item numbering a warm start (``--init-from``) uses: the earlier run's own.
 
@@ -394,8 +370,16 @@ def warm_start_numbers(folder: Path, items: list[str]) -> np.ndarray:
     """
     if not (folder / "config.json").is_file():
         raise DataError("--init-from: not a kp4sr run folder (no config.json)", folder)
-    theirs = _their_numbers(folder, len(items))
-    meta_path = folder / "dataset.json"
+    items_path, meta_path = folder / "items.json", folder / "dataset.json"
+    raw = read_json(items_path, "item numbers")
+    listed = raw.get("numbers") if isinstance(raw, dict) else None
+    if isinstance(listed, list) and len(listed) != len(items):
+        raise DataError(
+            f"--init-from: it was trained on {len(listed)} items, this run has {len(items)} "
+            "(another dataset or filtering)",
+            items_path,
+        )
+    theirs = check_numbers(raw, len(items), items_path)
     meta = read_json(meta_path, "the dataset snapshot")
     their_items = meta.get("items") if isinstance(meta, dict) else None
     if not isinstance(their_items, list) or len(their_items) != len(theirs):
@@ -412,7 +396,7 @@ def warm_start_numbers(folder: Path, items: list[str]) -> np.ndarray:
 
 
 def warm_start_tokenizer(
-    folder: Path, vocab_size: int, item_tokens: str, numbers: np.ndarray, item_texts: list[str]
+    folder: Path, vocab_size: int, item_tokens: str, item_texts: list[str]
 ) -> Any:
     """The tokenizer a warm start (``--init-from``) uses: the earlier run's own.
 
@@ -424,7 +408,6 @@ def warm_start_tokenizer(
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise DataError("--init-from: not a kp4sr run folder (no config.json)", folder)
-    check_items(folder, numbers)
     theirs = read_json(config_path, "the run's settings")
     theirs = theirs if isinstance(theirs, dict) else {}
     for key, mine in (("vocab_size", vocab_size), ("item_tokens", item_tokens)):
