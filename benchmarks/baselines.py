@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--train-exclude-seen",
+        action="store_true",
+        help="leave each user's earlier items out of the training softmax (as the ranking does)",
+    )
     p.add_argument("--min-user", type=int, default=0, help="k-core (default 0: no filtering)")
     p.add_argument("--min-item", type=int, default=0, help="k-core (default 0: no filtering)")
     args = p.parse_args(argv)
@@ -43,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results, rows = [], {}
     for name in args.models.split(","):
-        cfg = BaselineConfig(epochs=args.epochs, dim=args.dim, seed=args.seed)
+        cfg = BaselineConfig(
+            epochs=args.epochs,
+            dim=args.dim,
+            seed=args.seed,
+            train_exclude_seen=args.train_exclude_seen,
+        )
         res = run_baseline(name, ds, split, args.max_items, cfg, out=out, progress=True)
         results.append(res)
         rows[name] = {**res["test"], "train s": res["train_seconds"]}

@@ -93,12 +93,34 @@ def test_metric_by_target_popularity():
     groups, edges = pop.bucket_of(counts, 4)
     assert np.bincount(groups).tolist() == [25, 25, 25, 25] and edges[[0, -1]].tolist() == [0, 99]
     assert groups[0] == 0 and groups[-1] == 3 and np.all(np.diff(groups) >= 0)
-    targets = {f"u{k}": k for k in range(100)}  # user u<k> has item k as target, count k
+    keys = {f"u{k}": float(k) for k in range(100)}  # user u<k>'s target has count k
     popular_only = {f"u{k}": (0 if k >= 75 else -1) for k in range(100)}
-    table = pop.table({"m": popular_only}, targets, counts, "HR@10", 4)
+    table = pop.table({"m": [popular_only]}, keys, "HR@10", 4)
     assert "| m | 0.2500 | 0.0000 | 0.0000 | 0.0000 | 1.0000 |" in table
+    # two seeds: each user scores the mean of the two runs
+    half = {f"u{k}": (0 if k >= 50 else -1) for k in range(100)}
+    table = pop.table({"m": [popular_only, half]}, keys, "HR@10", 4)
+    assert "| m | 0.3750 | 0.0000 | 0.0000 | 0.5000 | 1.0000 |" in table
     with pytest.raises(SystemExit, match="no rank for 1 users"):
-        pop.table({"m": {u: 0 for u in list(targets)[1:]}}, targets, counts, "HR@10", 4)
+        pop.table({"m": [{u: 0 for u in list(keys)[1:]}]}, keys, "HR@10", 4)
+
+
+def test_metric_by_history_length_on_toy(tmp_path, capsys):
+    """popularity.py --by history groups the users of a real split by how many interactions they
+    had before the target; a run ranking every target first scores 1 in every group."""
+    import json
+
+    from kp4sr.data import DataOptions, leave_one_out, load_dataset
+
+    pop = _load_script("popularity.py")
+    ds = load_dataset("toy", None, DataOptions(kg="none"))
+    users = [ds.users[s.user] for s in leave_one_out(ds, 5).test]
+    ranks = tmp_path / "ranks.json"
+    ranks.write_text(json.dumps({"test": {"users": users, "ranks": [0] * len(users)}}))
+    assert pop.main(["--by", "history", "--dataset", "toy", "--buckets", "2", f"m={ranks}"]) == 0
+    out = capsys.readouterr().out
+    assert "number of interactions before the target" in out
+    assert "| m | 1.0000 | 1.0000 | 1.0000 |" in out and f"all ({len(users)})" in out
 
 
 def test_logit_adjustment_ranks_and_sweep():

@@ -12,6 +12,7 @@ import torch
 
 from kp4sr import toy
 from kp4sr.cli import main
+from kp4sr.errors import ConfigError
 from kp4sr.evaluation import metrics
 from kp4sr.recommender import KP4SR, Config
 from kp4sr.training import fit
@@ -378,6 +379,29 @@ def test_relations_keeps_only_the_listed_relations_in_that_order(tmp_path, small
         KP4SR.create(Config(**SMALL, relations="genre,actor"), dataset=small_toy)
     with pytest.raises(ConfigError, match="each relation at most once"):
         KP4SR.create(Config(**SMALL, relations="genre,genre"), dataset=small_toy)
+
+
+def test_train_exclude_seen_trains_and_needs_single_item_tokens(tmp_path, small_toy):
+    """``--train-exclude-seen``: every training batch marks exactly the first tokens of the
+    items its users had before the target; a run trains with it; digit item IDs are refused."""
+    from kp4sr.training import _Batches
+
+    cfg = {**SMALL, "epochs": 1, "samples_per_epoch": 64, "train_exclude_seen": True}
+    rec = KP4SR.create(Config(**cfg), dataset=small_toy)
+    train = rec.split.train
+    order = np.arange(len(train))[::-1][: rec.config.batch_size]
+    batch, _ = _Batches(rec, train, order, 1)[0]
+    assert batch.exclude.shape == (len(order), rec.model.config.vocab_size)
+    for row, j in enumerate(order):
+        s = train[int(j)]
+        had = set(rec.dataset.sequences[s.user][: s.position].tolist()) - {s.target}
+        want = sorted(int(rec.codes.of(i)[0]) for i in had)
+        assert np.flatnonzero(batch.exclude[row].numpy()).tolist() == want
+    assert batch.exclude.any()
+    res = fit(rec, tmp_path / "run", progress=False)
+    assert np.isfinite(res["valid"]["NDCG@10"])
+    with pytest.raises(ConfigError, match="needs --item-tokens single"):
+        KP4SR.create(Config(**{**cfg, "item_tokens": "digits"}), dataset=small_toy)
 
 
 def test_cross_attention_mpp_hides_knowledge_tokens_from_the_decoder(tmp_path, small_toy):

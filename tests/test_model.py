@@ -273,3 +273,47 @@ def test_tie_embeddings_only_scales_the_output_in_transformers_5(tie):
     # transformers applies the final norm inside the decoder's last hidden state
     want = hidden * model.config.d_model**-0.5 if tie else hidden
     torch.testing.assert_close(out.logits, want @ model.shared.weight.T)
+
+
+def test_loss_leaves_excluded_first_tokens_out_of_the_softmax(pair, batch):
+    """``Batch.exclude``: nothing excluded is the plain loss; excluded first tokens drop out of
+    the first step's softmax only (checked by hand), which can only lower the loss."""
+    from dataclasses import replace
+
+    from kp4sr.model import cross_mask
+
+    model = pair[0].eval()
+    vocab = model.config.vocab_size
+    rows = len(batch.labels)
+    with torch.no_grad():
+        plain = loss(model, batch, True)
+        nothing = replace(batch, exclude=torch.zeros(rows, vocab, dtype=torch.bool))
+        torch.testing.assert_close(loss(model, nothing, True), plain)
+        exclude = torch.zeros(rows, vocab, dtype=torch.bool)
+        exclude[:, 5:40] = True
+        exclude[torch.arange(rows), batch.labels[:, 0]] = False  # never the target itself
+        got = loss(model, replace(batch, exclude=exclude), True)
+        logits = model(
+            encoder_outputs=encode(model, batch, True),
+            attention_mask=cross_mask(model, batch),
+            labels=batch.labels,
+        ).logits
+        logits[:, 0][exclude] = float("-inf")
+        want = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), batch.labels.flatten(), ignore_index=-100
+        )
+    torch.testing.assert_close(got, want)
+    assert got < plain
+
+
+def test_seen_mask_marks_earlier_items_but_never_the_target():
+    from kp4sr.data import seen_mask
+
+    first = np.array([10, 11, 12, 13, 14])  # item i's first ID token is 10 + i
+    seen = [np.array([0, 2]), np.array([], dtype=np.int64), np.array([1, 3, 4])]
+    mask = seen_mask(seen, np.array([1, 0, 3]), first, 16)  # user 3 had item 3 before
+    assert mask.shape == (3, 16)
+    assert np.flatnonzero(mask[0]).tolist() == [10, 12]
+    assert not mask[1].any()
+    assert np.flatnonzero(mask[2]).tolist() == [11, 14]  # 13 is the target: kept learnable
+    assert not seen_mask([np.array([], dtype=np.int64)], np.array([0]), first, 16).any()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kp4sr.data import Dataset, Sample, Split
+from kp4sr.data import Dataset, Sample, Split, seen_mask
 from kp4sr.evaluation import RANKS_FILE, metrics, ranks_json, target_ranks
 
 BASELINES = ("pop", "gru4rec", "sasrec", "bert4rec")
@@ -46,6 +46,7 @@ class BaselineConfig:
     weight_decay: float = 0.0
     patience: int = 5  # validations without a better NDCG@10 before stopping
     mask_prob: float = 0.2  # BERT4Rec: share of history items masked in training
+    train_exclude_seen: bool = False  # the training softmax leaves out the user's earlier items
     seed: int = 0
     device: str = "cpu"
 
@@ -199,12 +200,26 @@ class NeuralBaseline(Baseline):
         self.net.eval()
         return self._last_logits(histories).float().cpu().numpy()
 
-    def _loss(self, batch: list[Sample], rng: np.random.Generator) -> torch.Tensor:
+    def _loss(
+        self,
+        batch: list[Sample],
+        rng: np.random.Generator,
+        sequences: list[np.ndarray] | None = None,
+    ) -> torch.Tensor:
+        """Cross-entropy of each sample's target; with ``sequences`` (``train_exclude_seen``)
+        the items the user had before the target are left out of the target's softmax."""
         targets = torch.tensor([s.target for s in batch], device=self.config.device)
+        exclude = None
+        if sequences is not None:
+            seen = [sequences[s.user][: s.position] for s in batch]
+            n = self.n_items
+            mask = seen_mask(seen, targets.cpu().numpy(), np.arange(n), n)
+            exclude = torch.from_numpy(mask).to(self.config.device)
         if self.name != "bert4rec":
-            return nn.functional.cross_entropy(
-                self._last_logits([s.history for s in batch]), targets
-            )
+            logits = self._last_logits([s.history for s in batch])
+            if exclude is not None:
+                logits = logits.masked_fill(exclude, float("-inf"))
+            return nn.functional.cross_entropy(logits, targets)
         # BERT4Rec: cloze over the history plus the target at the appended [mask]
         full = [np.append(s.history[-self.max_items :], s.target) for s in batch]
         seq = self._pad([f[:-1] for f in full], 1)  # [B, T+1], last is [mask]
@@ -219,12 +234,19 @@ class NeuralBaseline(Baseline):
         seq = seq.clone()
         seq[:, :-1] = torch.where(drop, torch.full_like(hist, self.mask_id), hist)
         logits = self.net.logits(self.net.hidden(seq))  # [B, T+1, n+2]
+        if exclude is not None:  # the appended [mask] predicts the target: its row only
+            last = logits[:, -1].clone()
+            last[:, 1 : self.n_items + 1] = last[:, 1 : self.n_items + 1].masked_fill(
+                exclude, float("-inf")
+            )
+            logits = torch.cat([logits[:, :-1], last[:, None]], dim=1)
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
     def fit(self, dataset: Dataset, split: Split, progress: bool = False) -> dict[str, Any]:
         cfg = self.config
         opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         train = split.train
+        sequences = dataset.sequences if cfg.train_exclude_seen else None
         best, best_state, best_epoch, bad = -1.0, None, 0, 0
         log = []
         for epoch in range(1, cfg.epochs + 1):
@@ -234,7 +256,7 @@ class NeuralBaseline(Baseline):
             total = 0.0
             for s in range(0, len(order), cfg.batch_size):
                 batch = [train[i] for i in order[s : s + cfg.batch_size]]
-                loss = self._loss(batch, rng)
+                loss = self._loss(batch, rng, sequences)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

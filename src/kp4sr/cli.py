@@ -66,6 +66,8 @@ OPTION_HELP: dict[str, str] = {
     "patience": "early stopping: validations without a better NDCG@10 (default 3)",
     "beams": "beam size of constrained beam search (default 20)",
     "exclude_seen": "keep the user's earlier items in the ranking (default: excluded)",
+    "train_exclude_seen": "training: leave the user's earlier items out of the softmax, as the "
+    "ranking does (needs --item-tokens single; default off)",
     "eval_batch_size": "users per beam search batch (default 16)",
     "workers": "DataLoader worker processes building prompts (default 0)",
     "device": "auto (default) | cpu | cuda | cuda:N",

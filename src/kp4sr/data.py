@@ -578,3 +578,23 @@ def load_saved_dataset(folder: Path) -> Dataset:
         skipped=meta.get("skipped", {}),
         templates=meta.get("templates", {}),
     )
+
+
+def seen_mask(
+    seen: list[np.ndarray], targets: np.ndarray, column: np.ndarray, width: int
+) -> np.ndarray:
+    """[B, width] bool: ``column[i]`` set for every item i each user had before the target.
+
+    Training with ``--train-exclude-seen`` leaves these out of the softmax, as the ranking
+    leaves them out. ``column`` maps items to logit columns: KP4SR's first ID token of each
+    item (its own only with single-token IDs, which the config checks), a baseline's item
+    index. The target's own column is never set, so an item consumed again stays learnable
+    (its loss stays finite).
+    """
+    mask = np.zeros((len(seen), width), dtype=bool)
+    lengths = [len(h) for h in seen]
+    if sum(lengths):
+        rows = np.repeat(np.arange(len(seen)), lengths)
+        mask[rows, column[np.concatenate(seen)]] = True
+    mask[np.arange(len(seen)), column[targets]] = False
+    return mask

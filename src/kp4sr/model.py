@@ -318,13 +318,20 @@ class Batch:
     node_of_token: torch.Tensor  # [B, L], PAD_NODE on padding
     parents: torch.Tensor  # [B, n_nodes], padded with ROOT_PARENT
     labels: torch.Tensor | None = None  # [B, T], -100 on padding
+    # [B, vocab] bool, training only: first-token logits left out of the softmax (the items the
+    # user had before the target, with --train-exclude-seen)
+    exclude: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
         return Batch(
             self.input_ids.to(device, non_blocking=True),
             self.node_of_token.to(device, non_blocking=True),
             self.parents.to(device, non_blocking=True),
-            None if self.labels is None else self.labels.to(device, non_blocking=True),
+            move(self.labels),
+            move(self.exclude),
         )
 
 
@@ -429,12 +436,29 @@ def cross_mask(model: T5ForConditionalGeneration, batch: Batch) -> torch.Tensor:
 
 
 def loss(model: T5ForConditionalGeneration, batch: Batch, tree_mask: bool) -> torch.Tensor:
-    """Cross-entropy of the target item's ID tokens (and </s>)."""
+    """Cross-entropy of the target item's ID tokens (and </s>).
+
+    With ``batch.exclude`` the first token's softmax runs over the tokens not excluded only:
+    the ranking never offers an item the user already had, so the loss need not teach the model
+    to push those items down from a five-item window that cannot show most of them.
+    """
     enc = encode(model, batch, tree_mask)
-    out = model(
+    if batch.exclude is None:
+        out = model(
+            encoder_outputs=enc,
+            attention_mask=cross_mask(model, batch),
+            labels=batch.labels,
+            return_dict=True,
+        )
+        return out.loss
+    logits = model(
         encoder_outputs=enc,
         attention_mask=cross_mask(model, batch),
-        labels=batch.labels,
+        decoder_input_ids=model._shift_right(batch.labels),
         return_dict=True,
+    ).logits
+    first = logits[:, 0].masked_fill(batch.exclude, float("-inf"))
+    logits = torch.cat([first[:, None], logits[:, 1:]], dim=1).float()
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), batch.labels.flatten(), ignore_index=-100
     )
-    return out.loss

@@ -118,6 +118,7 @@ class Config:
     patience: int = 3  # stop after this many validations without a better NDCG@10
     beams: int = 20
     exclude_seen: bool = True  # items the user had before the target are not recommended
+    train_exclude_seen: bool = False  # training softmax leaves out those items too (single only)
     eval_batch_size: int = 16  # users per beam search batch
     workers: int = 0  # DataLoader worker processes building prompts
     length_buckets: bool = False  # batch training samples of similar prompt length
@@ -200,6 +201,11 @@ class KP4SR:
                 f"{' | '.join(CROSS_ATTENTION)}"
             )
         set_cross_attention(model, config.cross_attention)
+        if config.train_exclude_seen and config.item_tokens != "single":
+            raise ConfigError(
+                "--train-exclude-seen needs --item-tokens single: with digit tokens an item's "
+                "first token is shared with other items, so it cannot be left out alone"
+            )
         self.numbers = numbers
         self.relation_templates = relation_templates
         self.texts = item_texts(numbers, config.item_tokens)

@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from kp4sr import checkpoint, distributed
 from kp4sr.batching import bucketed_order, estimate_lengths
-from kp4sr.data import Sample
+from kp4sr.data import Sample, seen_mask
 from kp4sr.evaluation import RANKS_FILE, format_table, metrics, ranks_json
 from kp4sr.model import Batch, loss, train_in_bf16
 from kp4sr.recommender import KP4SR
@@ -87,6 +87,12 @@ class _Batches(torch.utils.data.Dataset):
             rngs,
             [self.rec.target_tokens(s.target) for s in chosen],
         )
+        if self.rec.config.train_exclude_seen:
+            seen = [self.rec.dataset.sequences[s.user][: s.position] for s in chosen]
+            targets = np.array([s.target for s in chosen], dtype=np.int64)
+            vocab = self.rec.model.config.vocab_size
+            mask = seen_mask(seen, targets, self.rec.codes.codes[:, 0], vocab)
+            batch = replace(batch, exclude=torch.from_numpy(mask))
         return batch, weight
 
 
@@ -97,8 +103,9 @@ class _Loss(torch.nn.Module):
         super().__init__()
         self.model, self.tree_mask = model, tree_mask
 
-    def forward(self, input_ids, node_of_token, parents, labels) -> torch.Tensor:
-        return loss(self.model, Batch(input_ids, node_of_token, parents, labels), self.tree_mask)
+    def forward(self, input_ids, node_of_token, parents, labels, exclude=None) -> torch.Tensor:
+        batch = Batch(input_ids, node_of_token, parents, labels, exclude)
+        return loss(self.model, batch, self.tree_mask)
 
 
 def _epoch_order(n: int, per_epoch: int, seed: int, epoch: int) -> np.ndarray:
@@ -250,7 +257,13 @@ def fit(rec: KP4SR, out: str | Path, progress: bool = True, resume: bool = False
                 if net is None:
                     value = part = loss(model, batch, cfg.tree_mask)
                 else:
-                    part = net(batch.input_ids, batch.node_of_token, batch.parents, batch.labels)
+                    part = net(
+                        batch.input_ids,
+                        batch.node_of_token,
+                        batch.parents,
+                        batch.labels,
+                        batch.exclude,
+                    )
                     part = part * weight  # this process's share of the batch's mean loss
                     value = part * group.world  # DDP divides the gradient sum by world
             opt.zero_grad(set_to_none=True)
