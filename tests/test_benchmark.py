@@ -396,7 +396,7 @@ def test_benchmark_baselines_stop_early_not_at_an_epoch_cap(tmp_path, monkeypatc
     real = benchmark.run_baseline
 
     def spy(name, dataset, split, max_items, cfg, **kw):
-        seen.append((cfg.epochs, cfg.patience))
+        seen.append((cfg.epochs, cfg.patience, cfg.train_exclude_seen))
         return real(name, dataset, split, max_items, cfg, **kw)
 
     monkeypatch.setattr(benchmark, "run_baseline", spy)
@@ -405,5 +405,15 @@ def test_benchmark_baselines_stop_early_not_at_an_epoch_cap(tmp_path, monkeypatc
         benchmark.run_benchmark(
             ds, Config(), tmp_path / folder, quick=quick, models=("pop",), progress=False
         )
-    assert seen == [(BaselineConfig().epochs, BaselineConfig().patience), (3, 5)]
+    assert seen == [(BaselineConfig().epochs, BaselineConfig().patience, False), (3, 5, False)]
     assert BaselineConfig().epochs >= 50
+    # --train-exclude-seen reaches the baselines as well as KP4SR
+    benchmark.run_benchmark(
+        ds,
+        Config(train_exclude_seen=True),
+        tmp_path / "tes",
+        quick=True,
+        models=("pop",),
+        progress=False,
+    )
+    assert seen[-1] == (3, 5, True)

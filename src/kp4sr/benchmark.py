@@ -57,7 +57,12 @@ def run_benchmark(
             if name in BASELINES:
                 # up to BaselineConfig's epochs (50): early stopping on validation ends the run,
                 # not an epoch cap (SASRec on ML-100k still improves after epoch 30)
-                cfg = BaselineConfig(seed=seed, **({"epochs": 3} if quick else {}))
+                # --train-exclude-seen goes to every model, baselines included: a fair table
+                cfg = BaselineConfig(
+                    seed=seed,
+                    train_exclude_seen=base.train_exclude_seen,
+                    **({"epochs": 3} if quick else {}),
+                )
                 # DIR/<model>-seed<S>/<model>.json keeps the per-epoch validation curve
                 run = out / f"{name}-seed{seed}"
                 res = run_baseline(name, dataset, split, base.max_items, cfg, out=run)

@@ -303,7 +303,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from kp4sr.data import load_dataset
     from kp4sr.recommender import Config, data_options
 
-    cfg = Config(**{k: getattr(args, k) for k in DATA_FIELDS}, **FULL)
+    fields = {k: getattr(args, k) for k in DATA_FIELDS}
+    cfg = Config(**fields, **FULL, train_exclude_seen=args.train_exclude_seen)
     ds = load_dataset(cfg.dataset, cfg.data_dir, data_options(cfg), seed=cfg.seed)
     models = tuple(args.models.split(",")) if args.models else MODELS
     rows = run_benchmark(ds, cfg, Path(args.out), args.seeds, args.quick, models, not args.quiet)
@@ -386,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="a smoke run: a minute or two on toy")
     b.add_argument("--models", default=None, help="comma-separated subset (default: all)")
     b.add_argument("-q", "--quiet", action="store_true")
-    _add_config_options(b, DATA_FIELDS)
+    _add_config_options(b, [*DATA_FIELDS, "train_exclude_seen"])
     b.set_defaults(func=cmd_benchmark)
 
     ex = sub.add_parser("export", help="write a dataset and its exact split for another tool")
