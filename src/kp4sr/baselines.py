@@ -204,16 +204,15 @@ class NeuralBaseline(Baseline):
         self,
         batch: list[Sample],
         rng: np.random.Generator,
-        sequences: list[np.ndarray] | None = None,
+        dataset: Dataset | None = None,
     ) -> torch.Tensor:
-        """Cross-entropy of each sample's target; with ``sequences`` (``train_exclude_seen``)
+        """Cross-entropy of each sample's target; with ``dataset`` (``train_exclude_seen``)
         the items the user had before the target are left out of the target's softmax."""
         targets = torch.tensor([s.target for s in batch], device=self.config.device)
         exclude = None
-        if sequences is not None:
-            seen = [sequences[s.user][: s.position] for s in batch]
+        if dataset is not None:
             n = self.n_items
-            mask = seen_mask(seen, targets.cpu().numpy(), np.arange(n), n)
+            mask = seen_mask(seen_before(dataset, batch), targets.cpu().numpy(), np.arange(n), n)
             exclude = torch.from_numpy(mask).to(self.config.device)
         if self.name != "bert4rec":
             logits = self._last_logits([s.history for s in batch])
@@ -246,7 +245,7 @@ class NeuralBaseline(Baseline):
         cfg = self.config
         opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         train = split.train
-        sequences = dataset.sequences if cfg.train_exclude_seen else None
+        seen_from = dataset if cfg.train_exclude_seen else None
         best, best_state, best_epoch, bad = -1.0, None, 0, 0
         log = []
         for epoch in range(1, cfg.epochs + 1):
@@ -256,7 +255,7 @@ class NeuralBaseline(Baseline):
             total = 0.0
             for s in range(0, len(order), cfg.batch_size):
                 batch = [train[i] for i in order[s : s + cfg.batch_size]]
-                loss = self._loss(batch, rng, sequences)
+                loss = self._loss(batch, rng, seen_from)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
