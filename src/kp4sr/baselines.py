@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kp4sr.data import Dataset, Sample, Split, seen_mask
+from kp4sr.data import Dataset, Sample, Split, seen_before, seen_mask
 from kp4sr.evaluation import RANKS_FILE, metrics, ranks_json, target_ranks
 
 BASELINES = ("pop", "gru4rec", "sasrec", "bert4rec")
@@ -49,11 +49,6 @@ class BaselineConfig:
     train_exclude_seen: bool = False  # the training softmax leaves out the user's earlier items
     seed: int = 0
     device: str = "cpu"
-
-
-def seen_before(dataset: Dataset, samples: list[Sample]) -> list[np.ndarray]:
-    """Items each user had before the target: excluded from the ranking like KP4SR's."""
-    return [dataset.sequences[s.user][: s.position] for s in samples]
 
 
 def rank_scores(scores: np.ndarray, seen: list[np.ndarray] | None, k: int) -> np.ndarray:

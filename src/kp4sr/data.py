@@ -580,6 +580,12 @@ def load_saved_dataset(folder: Path) -> Dataset:
     )
 
 
+def seen_before(dataset: Dataset, samples: Sequence[Sample]) -> list[np.ndarray]:
+    """Items each user had before the target: what the ranking leaves out (and training too,
+    with ``--train-exclude-seen``), for KP4SR and the baselines alike."""
+    return [dataset.sequences[s.user][: s.position] for s in samples]
+
+
 def seen_mask(
     seen: list[np.ndarray], targets: np.ndarray, column: np.ndarray, width: int
 ) -> np.ndarray:

@@ -34,7 +34,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from kp4sr import checkpoint, distributed
 from kp4sr.batching import bucketed_order, estimate_lengths
-from kp4sr.data import Sample, seen_mask
+from kp4sr.data import Sample, seen_before, seen_mask
 from kp4sr.evaluation import RANKS_FILE, format_table, metrics, ranks_json
 from kp4sr.model import Batch, loss, train_in_bf16
 from kp4sr.recommender import KP4SR
@@ -88,7 +88,7 @@ class _Batches(torch.utils.data.Dataset):
             [self.rec.target_tokens(s.target) for s in chosen],
         )
         if self.rec.config.train_exclude_seen:
-            seen = [self.rec.dataset.sequences[s.user][: s.position] for s in chosen]
+            seen = seen_before(self.rec.dataset, chosen)
             targets = np.array([s.target for s in chosen], dtype=np.int64)
             vocab = self.rec.model.config.vocab_size
             mask = seen_mask(seen, targets, self.rec.codes.codes[:, 0], vocab)
