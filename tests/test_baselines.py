@@ -147,3 +147,27 @@ def test_sasrec_trained_without_seen_items_still_learns_the_chain():
     )
     res = run_baseline("sasrec", ds, split, 3, replace(cfg, train_exclude_seen=True))
     assert res["test"]["HR@5"] > 0.9, res["test"]
+
+
+def test_eval_max_items_ranks_from_the_last_items_only():
+    """``eval_max_items = k``: a baseline ranks each user exactly as if the history held only
+    its last k items; 0 reads the whole window."""
+    ds = chain_dataset(n_items=30, length=10)
+    split = leave_one_out(ds, max_items=4)
+    model = make_baseline("sasrec", 30, 4, BaselineConfig(dim=16, layers=1, epochs=1))
+    samples = split.test
+    full = model.user_ranks(ds, samples)
+    for k in (1, 2):
+        model.config.eval_max_items = k
+        cut = [replace(s, history=s.history[-k:]) for s in samples]
+        model.config.eval_max_items, want = 0, model.user_ranks(ds, cut)
+        model.config.eval_max_items = k
+        assert np.array_equal(model.user_ranks(ds, samples), want)
+    model.config.eval_max_items = 0
+    assert np.array_equal(model.user_ranks(ds, samples), full)
+    # the chain needs only the last item: reading one item loses nothing once it is learnt
+    cfg = BaselineConfig(dim=32, layers=1, epochs=30, lr=5e-3, dropout=0.0)
+    trained = make_baseline("sasrec", 30, 4, cfg)
+    trained.fit(ds, split)
+    trained.config.eval_max_items = 1
+    assert (trained.user_ranks(ds, samples) == 0).mean() > 0.9

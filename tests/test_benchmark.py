@@ -143,6 +143,37 @@ def test_logit_adjustment_ranks_and_sweep():
     assert "| **1** | 1.0000 | 1.0000 |" in la.table("m", rows)
 
 
+def test_recent_items_sweep_picks_k_on_validation_only():
+    """benchmarks/recent_items.py: every k from 1 to max_items is ranked on both splits, the k
+    with the best validation NDCG@10 is chosen whatever test says, and a tie keeps the larger."""
+    ri = _load_script("recent_items.py")
+    valid = {1: [5, 5], 2: [0, 0], 3: [0, 9]}  # 0-based ranks per user
+    test = {1: [0, 0], 2: [5, 5], 3: [9, 9]}
+
+    def at(k, split):
+        return np.array((valid if split == "valid" else test)[k])
+
+    scores, ranks, best = ri.sweep(at, 3)
+    assert best == 2 and sorted(scores) == [1, 2, 3]  # not 1, which test would pick
+    assert scores[2]["valid"]["NDCG@10"] == 1.0 and ranks[2]["test"].tolist() == [5, 5]
+    _, _, tie = ri.sweep(lambda k, s: np.array([0, 0]), 3)
+    assert tie == 3
+
+
+def test_recent_items_on_a_toy_baseline(tmp_path):
+    """End to end on toy with Pop (which ignores the history, so every k scores the same)."""
+    ri = _load_script("recent_items.py")
+    out = tmp_path / "r"
+    argv = ["--baseline", "pop", "--dataset", "toy", "--max-items", "3", "--out", str(out)]
+    assert ri.main(argv) == 0
+    rec = json.loads((out / "recent.json").read_text())
+    assert rec["chosen"] == 3 and sorted(rec["by_k"]) == ["1", "2", "3"]
+    assert len({json.dumps(v) for v in rec["by_k"].values()}) == 1
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert metrics(np.array(ranks["test"]["ranks"])) == rec["by_k"]["3"]["test"]
+    assert "(chosen)" in (out / "results.md").read_text()
+
+
 def test_summary_table_mean_and_std():
     rows = [
         {
@@ -166,6 +197,7 @@ def test_benchmark_scripts_run(tmp_path):
     root = Path(__file__).resolve().parents[1] / "benchmarks"
     scripts = ("ml100k.py", "baselines.py", "determinism.py", "merge_results.py", "precision.py")
     more = ("curves.py", "prompt_stats.py", "compare.py", "popularity.py", "logit_adjust.py")
+    more = (*more, "recent_items.py")
     for script in (*scripts, *more):
         done = subprocess.run([sys.executable, str(root / script), "--help"], capture_output=True)
         assert done.returncode == 0, done.stderr.decode()

@@ -527,3 +527,82 @@ def test_evaluate_on_train_ranks_each_users_last_training_target(trained, capsys
         rec.evaluate("dev")
     assert main(["evaluate", str(out), "--split", "train", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["users"] == len(train)
+
+
+def _prompt_items(rec: KP4SR, batch, row: int) -> list[int]:
+    """The items a batch row's MPP names, oldest first (from the item nodes' tokens)."""
+    first = {int(t): i for i, t in enumerate(rec.codes.codes[:, 0])}
+    nodes = batch.node_of_token[row].numpy()
+    ids = batch.input_ids[row].numpy()
+    n_items = int((batch.parents[row].numpy() == 0).sum())
+    return [first[int(ids[nodes == n][0])] for n in range(1, n_items + 1)]
+
+
+def test_train_history_random_trains_on_every_context_length(tmp_path, small_toy):
+    """``--train-history random``: every training prompt names a suffix of the sample's history
+    (never empty), its length varies over the batch, it is the same when drawn again (seeded by
+    seed, epoch and batch), and a run trains with it; ``full`` names the whole history."""
+    from kp4sr.training import _Batches
+
+    cfg = {**SMALL, "epochs": 1, "samples_per_epoch": 64, "knowledge": False}
+    rec = KP4SR.create(Config(**{**cfg, "train_history": "random"}), dataset=small_toy)
+    train = rec.split.train
+    order = np.arange(len(train))[::-1][: rec.config.batch_size]
+    batch, _ = _Batches(rec, train, order, 1)[0]
+    again, _ = _Batches(rec, train, order, 1)[0]
+    assert torch.equal(batch.input_ids, again.input_ids)
+    lengths = []
+    for row, j in enumerate(order):
+        hist = train[int(j)].history.tolist()
+        named = _prompt_items(rec, batch, row)
+        assert 1 <= len(named) <= len(hist) and hist[len(hist) - len(named) :] == named
+        lengths.append((len(named), len(hist)))
+    assert any(a < b for a, b in lengths) and any(a == b > 1 for a, b in lengths)
+    full = KP4SR.create(Config(**cfg), dataset=small_toy)
+    whole, _ = _Batches(full, train, order, 1)[0]
+    for row, j in enumerate(order):
+        assert _prompt_items(full, whole, row) == train[int(j)].history.tolist()
+    res = fit(rec, tmp_path / "run", progress=False)
+    assert np.isfinite(res["valid"]["NDCG@10"])
+    with pytest.raises(ConfigError, match="--train-history is 'some'"):
+        KP4SR.create(Config(**{**cfg, "train_history": "some"}), dataset=small_toy)
+
+
+def test_eval_max_items_ranks_and_serves_from_the_last_items(trained, tmp_path, capsys):
+    """``eval_max_items = k``: ranking, the full ranking, serving and explain read each history's
+    last k items only, exactly as if the history held no more; ``kp4sr evaluate
+    --eval-max-items`` sets it for one evaluation; out-of-range values are refused."""
+    rec, out, _ = trained
+    samples = rec.split.test[:12]
+    users = [s.user for s in samples]
+    hists = [s.history for s in samples]
+    cut = [h[-2:] for h in hists]
+    try:
+        want = rec.rank(users, cut)
+        want_full = rec.item_scores(
+            [dataclasses.replace(x, history=x.history[-2:]) for x in samples]
+        )
+        rec.config.eval_max_items = 2
+        got = rec.rank(users, hists)
+        assert np.array_equal(got.items, want.items)
+        assert np.allclose(got.scores, want.scores, atol=1e-5)
+        assert np.allclose(rec.item_scores(samples), want_full, atol=1e-5)
+        raw = [str(rec.dataset.items[i]) for i in hists[0]]
+        shown = rec.explain(history=raw)["nodes"]
+        assert sum(n["kind"] == "item" for n in shown) == min(2, len(raw))
+        # the same scores from the last two items; all of the history stays excluded
+        wide = [r for r in rec.recommend(histories=[raw[-2:]], k=20)[0] if r["item"] not in raw]
+        assert rec.recommend(histories=[raw], k=5)[0] == wide[:5]
+    finally:
+        rec.config.eval_max_items = 0
+    assert main(["evaluate", str(out), "--json", "--eval-max-items", "2", "--split", "valid"]) == 0
+    two = json.loads(capsys.readouterr().out)
+    rec.config.eval_max_items = 2
+    try:
+        assert two == rec.evaluate("valid")
+    finally:
+        rec.config.eval_max_items = 0
+    assert main(["evaluate", str(out), "--eval-max-items", "9"]) == 2
+    assert "expected 0 (all) to the run's --max-items (5)" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--eval-max-items is 6"):
+        KP4SR.create(Config(**{**SMALL, "eval_max_items": 6}), dataset=rec.dataset)

@@ -47,6 +47,7 @@ class BaselineConfig:
     patience: int = 5  # validations without a better NDCG@10 before stopping
     mask_prob: float = 0.2  # BERT4Rec: share of history items masked in training
     train_exclude_seen: bool = False  # the training softmax leaves out the user's earlier items
+    eval_max_items: int = 0  # ranking reads only the last N history items (0: all), as KP4SR's
     seed: int = 0
     device: str = "cpu"
 
@@ -86,10 +87,10 @@ class Baseline:
         self, dataset: Dataset, samples: list[Sample], exclude_seen: bool = True, k: int = 20
     ) -> np.ndarray:
         """Each sample's 0-based rank of its target in the top ``k`` (-1: not there)."""
-        ranked = []
+        ranked, k_recent = [], self.config.eval_max_items
         for s in range(0, len(samples), 512):
             chunk = samples[s : s + 512]
-            sc = self.scores([x.history for x in chunk])
+            sc = self.scores([x.history[-k_recent:] if k_recent else x.history for x in chunk])
             seen = seen_before(dataset, chunk) if exclude_seen else None
             ranked.append(rank_scores(sc, seen, k))
         items = np.concatenate(ranked) if ranked else np.zeros((0, k), dtype=np.int64)

@@ -34,6 +34,10 @@ OPTION_HELP: dict[str, str] = {
     "the evaluation template) | a JSON file with a list of templates",
     "relations": "KG relations to keep, comma-separated, in evaluation priority (default: all)",
     "max_items": "history items the model sees (default 5)",
+    "eval_max_items": "ranking and serving read only the last N history items (default 0: all "
+    "--max-items; pick N on validation)",
+    "train_history": "full (default) | random: each training sample keeps its last k history "
+    "items, k uniform in 1..--max-items (every context length, as SASRec trains)",
     "user_ids": "write 'new' instead of the user's ID in every prompt (no per-user token)",
     "item_index": "item ID numbering: random (default) | sequential (P5's, leaks order)",
     "item_tokens": "item ID tokens: single (one token per item, default) | digits (one per digit)",
@@ -167,6 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from kp4sr.errors import ConfigError
     from kp4sr.evaluation import format_table, metrics, ranks_json
     from kp4sr.recommender import KP4SR
 
@@ -175,6 +180,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         rec.config.beams = args.beams
     if args.keep_seen:
         rec.config.exclude_seen = False
+    if args.eval_max_items is not None:
+        if not 0 <= args.eval_max_items <= rec.config.max_items:
+            raise ConfigError(
+                f"--eval-max-items is {args.eval_max_items}: expected 0 (all) to the run's "
+                f"--max-items ({rec.config.max_items})"
+            )
+        rec.config.eval_max_items = args.eval_max_items
     ranks, extra = rec.user_ranks(
         args.split, max_users=args.max_users, progress=not args.json, mode=args.mode
     )
@@ -343,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--beams", type=int, default=None, help="beam size (default: the run's)")
     e.add_argument("--keep-seen", action="store_true", help="keep users' earlier items")
     e.add_argument("--max-users", type=int, default=None, help="evaluate the first N users only")
+    e.add_argument(
+        "--eval-max-items",
+        type=int,
+        default=None,
+        metavar="N",
+        help="read only the last N history items (default: the run's; 0: all)",
+    )
     e.add_argument(
         "--mode",
         choices=("beam", "full", "unconstrained"),

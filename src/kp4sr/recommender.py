@@ -62,6 +62,7 @@ from kp4sr.tree_mask import encoder_mask
 log = logging.getLogger(__name__)
 
 NEW_USER = "new"  # user text written in the MPP for a history of no known user
+TRAIN_HISTORY = ("full", "random")
 
 
 @dataclass
@@ -88,6 +89,9 @@ class Config:
     mpp_templates: str = "all"  # all: one drawn per sample | first: eval's only | JSON list file
     relations: str | None = None  # KG relations to keep, comma-separated, in priority order
     max_items: int = 5  # history items the model sees
+    eval_max_items: int = 0  # ranking and serving read only the last N of them (0: all)
+    train_history: str = "full"  # full | random: each training sample keeps its last k items,
+    # k drawn uniformly from 1..max_items (SASRec's causal loss trains on every context length)
     user_ids: bool = True  # False: every MPP names no user (no per-user token to memorise)
     item_index: str = "random"  # random | sequential (P5's leaky order of appearance)
     item_tokens: str = "single"  # single: one token per item | digits: one token per digit
@@ -201,6 +205,15 @@ class KP4SR:
                 f"{' | '.join(CROSS_ATTENTION)}"
             )
         set_cross_attention(model, config.cross_attention)
+        if not 0 <= config.eval_max_items <= config.max_items:
+            raise ConfigError(
+                f"--eval-max-items is {config.eval_max_items}: expected 0 (all) to "
+                f"--max-items ({config.max_items})"
+            )
+        if config.train_history not in TRAIN_HISTORY:
+            raise ConfigError(
+                f"--train-history is {config.train_history!r}: expected {' | '.join(TRAIN_HISTORY)}"
+            )
         if config.train_exclude_seen and config.item_tokens != "single":
             raise ConfigError(
                 "--train-exclude-seen needs --item-tokens single: with digit tokens an item's "
@@ -406,7 +419,8 @@ class KP4SR:
             starts = tqdm(starts, desc="ranking", unit="batch", leave=False)
         for s in starts:
             texts = [self.user_text(u) for u in users[s : s + bs]]
-            batch = self.builder.build_batch(texts, histories[s : s + bs]).to(self.device)
+            recent = [self.recent(h) for h in histories[s : s + bs]]
+            batch = self.builder.build_batch(texts, recent).to(self.device)
             r = beam_search(
                 self.model,
                 batch,
@@ -422,6 +436,12 @@ class KP4SR:
         if not out_items:
             return Ranked(np.zeros((0, beams), np.int64), np.zeros((0, beams), np.float32))
         return Ranked(np.concatenate(out_items), np.concatenate(out_scores))
+
+    def recent(self, history: np.ndarray) -> np.ndarray:
+        """The part of a history that ranking and serving read: its last ``eval_max_items``
+        items (all when 0). A model trained on 5 items can rank better from fewer (try 35)."""
+        k = self.config.eval_max_items
+        return history[-k:] if k else history
 
     def seen_items(self, sample: Sample) -> set[int]:
         return set(self.dataset.sequences[sample.user][: sample.position].tolist())
@@ -439,7 +459,8 @@ class KP4SR:
         for s in starts:
             chunk = samples[s : s + bs]
             texts = [self.user_text(x.user) for x in chunk]
-            batch = self.builder.build_batch(texts, [x.history for x in chunk]).to(self.device)
+            recent = [self.recent(x.history) for x in chunk]
+            batch = self.builder.build_batch(texts, recent).to(self.device)
             out[s : s + len(chunk)] = full_scores(
                 self.model, batch, self.codes, self.tokenizer.eos_token_id, self.config.tree_mask
             )
@@ -574,11 +595,11 @@ class KP4SR:
         if user is not None:
             u = self.user_index(user)
             seq = self.dataset.sequences[u]
-            hist = seq[:-1][-self.config.max_items :] if len(seq) > 1 else seq
+            hist = self.recent(seq[:-1][-self.config.max_items :] if len(seq) > 1 else seq)
             utext = self.user_text(u)
         elif history is not None:
             hist = np.array([self.item_index(x) for x in history], dtype=np.int64)
-            hist = hist[-self.config.max_items :]
+            hist = self.recent(hist[-self.config.max_items :])
             utext = NEW_USER
         else:
             raise ConfigError("give a user or a history")

@@ -43,6 +43,18 @@ log = logging.getLogger(__name__)
 
 ORDER_KEY = 1 << 20  # SeedSequence words (seed, epoch, ORDER_KEY): an epoch's sample order
 SAMPLE_KEY = 2  # (seed, epoch, SAMPLE_KEY, position): one training sample's random choices
+HISTORY_KEY = 3  # (seed, epoch, HISTORY_KEY): the history lengths of --train-history random
+
+
+def random_recent(histories: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Each history cut to its last k items, k uniform in 1..len (``--train-history random``).
+
+    Why: SASRec's causal loss trains every position on every context length from 1 to
+    ``max_items``; a prompt model trained on full-length histories only ranks test users worse
+    from 5 items than from 2 (try 35), so training shows it the short contexts too."""
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+    keep = np.minimum(lengths, 1 + np.floor(rng.random(len(histories)) * lengths).astype(np.int64))
+    return [h[len(h) - k :] for h, k in zip(histories, keep.tolist())]
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -81,9 +93,13 @@ class _Batches(torch.utils.data.Dataset):
         seed, epoch = self.rec.config.seed, self.epoch
         chosen = [self.samples[idx[p]] for p in mine]
         rngs = [np.random.default_rng([seed, epoch, SAMPLE_KEY, lo + int(p)]) for p in mine]
+        histories = [s.history for s in chosen]
+        if self.rec.config.train_history == "random":
+            rng = np.random.default_rng([seed, epoch, HISTORY_KEY, lo])
+            histories = random_recent(histories, rng)
         batch = self.rec.builder.build_batch(
             [self.rec.user_text(s.user) for s in chosen],
-            [s.history for s in chosen],
+            histories,
             rngs,
             [self.rec.target_tokens(s.target) for s in chosen],
         )
