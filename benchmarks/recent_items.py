@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     users = {"valid": valid_users, "test": test_users}
     (out / "ranks.json").write_text(ranks_json({s: (users[s], ranks[best][s]) for s in SPLITS}))
+    keys = tuple(f"{s} {m}" for s in SPLITS for m in ("NDCG@10", "HR@10"))
     rows = {
         f"k={k}" + (" (chosen)" if k == best else ""): {
             f"{s} {m}": scores[k][s][m] for s in SPLITS for m in ("NDCG@10", "HR@10")
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in scores
     }
     title = f"History items read at ranking ({args.run or args.baseline}), chosen on validation"
-    print(write_report(out, title, format_table(rows), "python " + " ".join(sys.argv)))
+    print(write_report(out, title, format_table(rows, keys), "python " + " ".join(sys.argv)))
     return 0
 
 

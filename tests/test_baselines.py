@@ -171,3 +171,19 @@ def test_eval_max_items_ranks_from_the_last_items_only():
     trained.fit(ds, split)
     trained.config.eval_max_items = 1
     assert (trained.user_ranks(ds, samples) == 0).mean() > 0.9
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+def test_short_histories_score_finite_and_as_in_training(name):
+    """A history shorter than the window (left-padded) scores finite values in evaluation, the
+    same as in training mode without dropout. (Regression: SASRec's causal mask left every
+    padding position with nothing to attend to, which PyTorch's inference path turns into NaN,
+    so users with short histories were never ranked.)"""
+    model = make_baseline(name, 30, 5, BaselineConfig(dim=16, dropout=0.0))
+    histories = [np.arange(5), np.arange(2) + 7, np.array([3])]
+    evaluated = model.scores(histories)
+    assert np.isfinite(evaluated).all()
+    model.net.train()
+    with torch.no_grad():
+        trained = model._last_logits(histories).numpy()
+    assert np.allclose(evaluated, trained, atol=1e-5)

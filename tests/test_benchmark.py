@@ -171,7 +171,8 @@ def test_recent_items_on_a_toy_baseline(tmp_path):
     assert len({json.dumps(v) for v in rec["by_k"].values()}) == 1
     ranks = json.loads((out / "ranks.json").read_text())
     assert metrics(np.array(ranks["test"]["ranks"])) == rec["by_k"]["3"]["test"]
-    assert "(chosen)" in (out / "results.md").read_text()
+    v = rec["by_k"]["3"]["valid"]["NDCG@10"]
+    assert f"| k=3 (chosen) | {v:.4f} |" in (out / "results.md").read_text()
 
 
 def test_summary_table_mean_and_std():

@@ -150,13 +150,18 @@ class _SequenceNet(nn.Module):
             return self.gru(x)[0]
         t = seq.shape[1]
         x = x + self.pos(torch.arange(t, device=seq.device))[None]
-        pad = seq == 0  # [B, T]
-        causal = None
+        # [B, T, T] True where a position may not look: padding, and the future for SASRec.
+        # Every position may look at itself, so no softmax row is empty: an empty row is NaN in
+        # PyTorch's inference fast path, and under SASRec's causal mask every padding position
+        # of a short history would have one (its NaN then reaching the real positions through
+        # the next layer's zero-weighted values). Real positions see exactly what they did.
+        eye = torch.eye(t, dtype=torch.bool, device=seq.device)
+        blocked = (seq == 0)[:, None, :].expand(-1, t, -1)
         if self.kind == "sasrec":
-            causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=seq.device), 1)
-        # a fully padded row would make softmax NaN: let padding see itself
-        pad = pad & ~torch.eye(t, dtype=torch.bool, device=seq.device)[-1][None]
-        h = self.encoder(x, mask=causal, src_key_padding_mask=pad)
+            blocked = blocked | torch.triu(torch.ones_like(eye), 1)
+        blocked = blocked & ~eye
+        heads = self.encoder.layers[0].self_attn.num_heads
+        h = self.encoder(x, mask=blocked.repeat_interleave(heads, dim=0))
         return self.norm(h)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
