@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from kp4sr.benchmark import write_report
-from kp4sr.evaluation import format_table, metrics, ranks_json
+from kp4sr.evaluation import choose_recent, format_table, metrics, ranks_json
 
 SPLITS = ("valid", "test")
 
@@ -45,7 +45,7 @@ def sweep(
             f"test {scores[k]['test']['NDCG@10']:.4f}",
             flush=True,
         )
-    best = max(scores, key=lambda k: (scores[k]["valid"]["NDCG@10"], k))
+    best, _ = choose_recent(lambda k: ranks[k]["valid"], max_items)
     return scores, ranks, best
 
 

@@ -44,6 +44,36 @@ def test_quick_benchmark_on_toy(tmp_path, capsys):
     assert compare([str(a), str(b), "--json", "--draws", "200"]) == 0
 
 
+def test_benchmark_tunes_eval_max_items_on_validation_for_every_model(tmp_path, capsys):
+    """``--tune-eval-max-items``: each model's row names the k it ranks from, k is the best of
+    1..5 on validation NDCG@10 (ties: the larger), its ranks.json is the row's, and a KP4SR run
+    folder keeps k in config.json, so it ranks and serves with it."""
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--dataset", "toy", "--out", str(out), "--quick", "--quiet"]
+    assert main([*argv, "--models", "sasrec,kp4sr", "--tune-eval-max-items"]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    for r in rows:
+        folder = out / f"{r['model']}-seed0"
+        saved = folder / ("sasrec.json" if r["model"] == "sasrec" else "eval_max_items.json")
+        by_k = {
+            int(k): v
+            for k, v in json.loads(saved.read_text())["valid_NDCG@10_by_eval_max_items"].items()
+        }
+        assert sorted(by_k) == [1, 2, 3, 4, 5]
+        assert r["eval_max_items"] == max(by_k, key=lambda k: (by_k[k], k))
+        assert r["valid"]["NDCG@10"] == pytest.approx(by_k[r["eval_max_items"]])
+        ranks = json.loads((folder / "ranks.json").read_text())
+        assert metrics(np.array(ranks["test"]["ranks"]))["NDCG@10"] == pytest.approx(r["NDCG@10"])
+    kp = next(r for r in rows if r["model"] == "kp4sr")
+    from kp4sr.recommender import KP4SR
+
+    rec = KP4SR.from_pretrained(out / "kp4sr-seed0")
+    assert rec.config.eval_max_items == kp["eval_max_items"]
+    assert rec.evaluate("test")["NDCG@10"] == pytest.approx(kp["NDCG@10"])
+    assert (out / "kp4sr-seed0" / "ranks-all-items.json").is_file()
+    assert "chosen on validation per seed: sasrec" in (out / "results.md").read_text()
+
+
 def test_paired_comparison_of_per_user_ranks(tmp_path, capsys):
     """benchmarks/compare.py: per-user metrics average to kp4sr's own; a large paired gain is
     significant with an interval around it, no difference gives p = 1, and rank files of

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from kp4sr.data import Dataset, Sample, Split, seen_before, seen_mask
-from kp4sr.evaluation import RANKS_FILE, metrics, ranks_json, target_ranks
+from kp4sr.evaluation import RANKS_FILE, choose_recent, metrics, ranks_json, target_ranks
 
 BASELINES = ("pop", "gru4rec", "sasrec", "bert4rec")
 
@@ -299,12 +299,27 @@ def run_baseline(
     config: BaselineConfig,
     out: Path | None = None,
     progress: bool = False,
+    tune_recent: bool = False,
 ) -> dict[str, Any]:
-    """Train one baseline and return its validation and test metrics and training time."""
+    """Train one baseline and return its validation and test metrics and training time.
+
+    ``tune_recent``: then rank from the last k history items, k chosen on validation
+    (:func:`~kp4sr.evaluation.choose_recent`), as ``kp4sr benchmark --tune-eval-max-items``
+    does for every model."""
     model = make_baseline(name, len(dataset.items), max_items, config)
     t0 = time.perf_counter()
     info = model.fit(dataset, split, progress)
     seconds = time.perf_counter() - t0
+    recent = {}
+    if tune_recent:  # the trained model ranks from its last k items, k chosen on validation
+
+        def valid_at(k: int) -> np.ndarray:
+            model.config.eval_max_items = k
+            return model.user_ranks(dataset, split.valid)
+
+        chosen, by_k = choose_recent(valid_at, max_items)
+        model.config.eval_max_items = chosen
+        recent = {"eval_max_items": chosen, "valid_NDCG@10_by_eval_max_items": by_k}
     ranks = {s: model.user_ranks(dataset, getattr(split, s)) for s in ("valid", "test")}
     result = {
         "model": name,
@@ -316,6 +331,7 @@ def run_baseline(
         "test": metrics(ranks["test"]),
         # each user's last training target: how well it fits what it learnt from
         "train": metrics(model.user_ranks(dataset, split.last_train())),
+        **recent,
         "config": asdict(config),
     }
     if out is not None:

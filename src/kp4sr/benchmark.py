@@ -21,6 +21,7 @@ import numpy as np
 from kp4sr.baselines import BASELINES, BaselineConfig, run_baseline
 from kp4sr.data import Dataset, leave_one_out
 from kp4sr.errors import ConfigError
+from kp4sr.evaluation import RANKS_FILE, choose_recent, metrics, ranks_json
 from kp4sr.recommender import KP4SR, Config
 
 KP4SR_VARIANTS = {
@@ -44,8 +45,12 @@ def run_benchmark(
     quick: bool = False,
     models: tuple[str, ...] = MODELS,
     progress: bool = True,
+    tune_recent: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train and evaluate every model for every seed; write and return the result rows."""
+    """Train and evaluate every model for every seed; write and return the result rows.
+
+    ``tune_recent``: every model, baselines included, then ranks from its last k history items,
+    k chosen on its own validation NDCG@10 (``eval_max_items`` in each row)."""
     unknown = set(models) - set(MODELS)
     if unknown:
         raise ConfigError(f"unknown model(s) {', '.join(sorted(unknown))}: expected {MODELS}")
@@ -65,16 +70,25 @@ def run_benchmark(
                 )
                 # DIR/<model>-seed<S>/<model>.json keeps the per-epoch validation curve
                 run = out / f"{name}-seed{seed}"
-                res = run_baseline(name, dataset, split, base.max_items, cfg, out=run)
+                res = run_baseline(
+                    name, dataset, split, base.max_items, cfg, out=run, tune_recent=tune_recent
+                )
                 row = {"model": name, "seed": seed, **res["test"]}
                 row.update(train_seconds=res["train_seconds"], valid=res["valid"])
+                if tune_recent:
+                    row["eval_max_items"] = res["eval_max_items"]
             else:
                 cfg = replace(base, seed=seed, **(QUICK if quick else {}), **KP4SR_VARIANTS[name])
                 rec = KP4SR.create(cfg, dataset=dataset)
                 t0 = time.perf_counter()
                 res = _fit(rec, out / f"{name}-seed{seed}", progress)
+                seconds = round(time.perf_counter() - t0, 2)
+                if tune_recent:
+                    res = tune_eval_max_items(rec, out / f"{name}-seed{seed}")
                 row = {"model": name, "seed": seed, **res["test"]}
-                row.update(train_seconds=round(time.perf_counter() - t0, 2), valid=res["valid"])
+                row.update(train_seconds=seconds, valid=res["valid"])
+                if tune_recent:
+                    row["eval_max_items"] = rec.config.eval_max_items
             row["machine"] = machine()
             rows.append(row)
             if progress:
@@ -83,6 +97,32 @@ def run_benchmark(
     (out / "results.md").write_text(summary_markdown(rows, dataset.name))
     bar_chart(rows, out / "results.png")
     return rows
+
+
+def tune_eval_max_items(rec: KP4SR, folder: Path) -> dict[str, Any]:
+    """Choose a trained run's ``eval_max_items`` on validation, save it in the run folder's
+    ``config.json`` (so the folder ranks and serves with it) and return its valid/test metrics."""
+    ranks: dict[int, np.ndarray] = {}
+
+    def valid_at(k: int) -> np.ndarray:
+        rec.config.eval_max_items = k
+        ranks[k] = rec.user_ranks("valid")[0]
+        return ranks[k]
+
+    chosen, by_k = choose_recent(valid_at, rec.config.max_items)
+    rec.config.eval_max_items = chosen
+    config = json.loads((folder / "config.json").read_text("utf-8"))
+    config["eval_max_items"] = chosen
+    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    test = rec.user_ranks("test")[0]
+    users = {s: rec.split_users(s) for s in ("valid", "test")}
+    per_split = {"valid": (users["valid"], ranks[chosen]), "test": (users["test"], test)}
+    # ranks.json holds the table's ranks; training's own (every item read) are kept beside
+    (folder / RANKS_FILE).replace(folder / "ranks-all-items.json")
+    (folder / RANKS_FILE).write_text(ranks_json(per_split))
+    choice = {"eval_max_items": chosen, "valid_NDCG@10_by_eval_max_items": by_k}
+    (folder / "eval_max_items.json").write_text(json.dumps(choice, indent=2))
+    return {"valid": metrics(ranks[chosen]), "test": metrics(test)}
 
 
 def _fit(rec: KP4SR, folder: Path, progress: bool) -> dict[str, Any]:
@@ -154,6 +194,13 @@ def summary_markdown(rows: list[dict[str, Any]], dataset: str, command: str = ""
         models = machines.setdefault(r.get("machine") or machine(), [])
         if r["model"] not in models:
             models.append(r["model"])
+    chosen: dict[str, list[int]] = {}
+    for r in rows:
+        if "eval_max_items" in r:
+            chosen.setdefault(r["model"], []).append(r["eval_max_items"])
+    if chosen:
+        per_model = "; ".join(f"{m} {', '.join(map(str, ks))}" for m, ks in chosen.items())
+        lines += [f"History items read at ranking, chosen on validation per seed: {per_model}", ""]
     if len(machines) == 1:
         lines.append(f"Machine: {next(iter(machines))}")
     else:

@@ -319,7 +319,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     cfg = Config(**fields, **FULL, train_exclude_seen=args.train_exclude_seen)
     ds = load_dataset(cfg.dataset, cfg.data_dir, data_options(cfg), seed=cfg.seed)
     models = tuple(args.models.split(",")) if args.models else MODELS
-    rows = run_benchmark(ds, cfg, Path(args.out), args.seeds, args.quick, models, not args.quiet)
+    rows = run_benchmark(
+        ds,
+        cfg,
+        Path(args.out),
+        args.seeds,
+        args.quick,
+        models,
+        not args.quiet,
+        tune_recent=args.tune_eval_max_items,
+    )
     print(summary_table(rows))
     return 0
 
@@ -406,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="a smoke run: a minute or two on toy")
     b.add_argument("--models", default=None, help="comma-separated subset (default: all)")
     b.add_argument("-q", "--quiet", action="store_true")
+    b.add_argument(
+        "--tune-eval-max-items",
+        action="store_true",
+        help="every model ranks from its last k history items, k chosen on its validation "
+        "NDCG@10 (eval_max_items in results.json)",
+    )
     _add_config_options(b, [*DATA_FIELDS, "train_exclude_seen"])
     b.set_defaults(func=cmd_benchmark)
 
