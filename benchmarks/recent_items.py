@@ -24,47 +24,60 @@ from pathlib import Path
 
 import numpy as np
 
+from kp4sr.baselines import set_recent
 from kp4sr.benchmark import write_report
-from kp4sr.evaluation import choose_recent, format_table, metrics, ranks_json
+from kp4sr.evaluation import (
+    WINDOWS,
+    choose_recent,
+    format_table,
+    metrics,
+    ranks_json,
+    recent_candidates,
+)
 
 SPLITS = ("valid", "test")
+# what a model provides: ranks per (candidate, split), max_items, the splits' users, whether
+# the mixture over windows applies
+Source = tuple[Callable[[int | str, str], np.ndarray], int, list[str], list[str], bool]
 
 
 def sweep(
-    ranks_at: Callable[[int, str], np.ndarray], max_items: int
-) -> tuple[dict[int, dict[str, dict[str, float]]], dict[int, dict[str, np.ndarray]], int]:
-    """Metrics and per-user ranks for every k in 1..max_items, and the k best on validation
-    NDCG@10 (ties go to the larger k: the model's own setting wins a draw)."""
-    scores: dict[int, dict[str, dict[str, float]]] = {}
-    ranks: dict[int, dict[str, np.ndarray]] = {}
-    for k in range(1, max_items + 1):
-        ranks[k] = {s: ranks_at(k, s) for s in SPLITS}
-        scores[k] = {s: metrics(r) for s, r in ranks[k].items()}
+    ranks_at: Callable[[int | str, str], np.ndarray], max_items: int, windows: bool = True
+) -> tuple[dict, dict, int | str]:
+    """Metrics and per-user ranks of every candidate (``windows``: the mixture over the last
+    1..max_items items' windows, then the last k items for k = 1..max_items), and the one best
+    on validation NDCG@10 (:func:`~kp4sr.evaluation.choose_recent`: test is not read)."""
+    scores: dict = {}
+    ranks: dict = {}
+    for c in recent_candidates(max_items, windows):
+        ranks[c] = {s: ranks_at(c, s) for s in SPLITS}
+        scores[c] = {s: metrics(r) for s, r in ranks[c].items()}
         print(
-            f"k={k}: valid NDCG@10 {scores[k]['valid']['NDCG@10']:.4f}, "
-            f"test {scores[k]['test']['NDCG@10']:.4f}",
+            f"{c}: valid NDCG@10 {scores[c]['valid']['NDCG@10']:.4f}, "
+            f"test {scores[c]['test']['NDCG@10']:.4f}",
             flush=True,
         )
-    best, _ = choose_recent(lambda k: ranks[k]["valid"], max_items)
+    best, _ = choose_recent(lambda c: ranks[c]["valid"], max_items, windows)
     return scores, ranks, best
 
 
-def kp4sr_ranks(run: str) -> tuple[Callable[[int, str], np.ndarray], int, list[str], list[str]]:
+def kp4sr_ranks(run: str) -> Source:
     from kp4sr.recommender import KP4SR
 
     rec = KP4SR.from_pretrained(run)
 
-    def at(k: int, split: str) -> np.ndarray:
-        rec.config.eval_max_items = k
+    def at(c: int | str, split: str) -> np.ndarray:
+        set_recent(rec.config, c)
         return rec.user_ranks(split, progress=True)[0]
 
     users = [rec.split_users(s) for s in SPLITS]
-    return at, rec.config.max_items, users[0], users[1]
+    # the mixture over windows needs one ID token per item
+    return at, rec.config.max_items, users[0], users[1], rec.config.item_tokens == "single"
 
 
 def baseline_ranks(
     args: argparse.Namespace,
-) -> tuple[Callable[[int, str], np.ndarray], int, list[str], list[str]]:
+) -> Source:
     from kp4sr.baselines import BaselineConfig, make_baseline
     from kp4sr.data import DataOptions, leave_one_out, load_dataset
 
@@ -77,12 +90,12 @@ def baseline_ranks(
     model = make_baseline(args.baseline, len(ds.items), args.max_items, cfg)
     model.fit(ds, split, progress=True)
 
-    def at(k: int, s: str) -> np.ndarray:
-        model.config.eval_max_items = k
+    def at(c: int | str, s: str) -> np.ndarray:
+        set_recent(model.config, c)
         return model.user_ranks(ds, getattr(split, s))
 
     users = [[str(ds.users[x.user]) for x in getattr(split, s)] for s in SPLITS]
-    return at, args.max_items, users[0], users[1]
+    return at, args.max_items, users[0], users[1], True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,23 +114,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-item", type=int, default=0, help="--baseline: k-core (default 0)")
     args = p.parse_args(argv)
 
-    at, max_items, valid_users, test_users = (
+    at, max_items, valid_users, test_users, windows = (
         kp4sr_ranks(args.run) if args.run else baseline_ranks(args)
     )
-    scores, ranks, best = sweep(at, max_items)
+    scores, ranks, best = sweep(at, max_items, windows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recent.json").write_text(
-        json.dumps({"chosen": best, "by_k": {str(k): v for k, v in scores.items()}}, indent=1)
+        json.dumps({"chosen": best, "by_k": {str(c): v for c, v in scores.items()}}, indent=1)
     )
     users = {"valid": valid_users, "test": test_users}
     (out / "ranks.json").write_text(ranks_json({s: (users[s], ranks[best][s]) for s in SPLITS}))
     keys = tuple(f"{s} {m}" for s in SPLITS for m in ("NDCG@10", "HR@10"))
     rows = {
-        f"k={k}" + (" (chosen)" if k == best else ""): {
-            f"{s} {m}": scores[k][s][m] for s in SPLITS for m in ("NDCG@10", "HR@10")
+        (f"k={c}" if c != WINDOWS else "windows") + (" (chosen)" if c == best else ""): {
+            f"{s} {m}": scores[c][s][m] for s in SPLITS for m in ("NDCG@10", "HR@10")
         }
-        for k in scores
+        for c in scores
     }
     title = f"History items read at ranking ({args.run or args.baseline}), chosen on validation"
     print(write_report(out, title, format_table(rows, keys), "python " + " ".join(sys.argv)))

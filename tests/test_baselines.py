@@ -11,6 +11,7 @@ import torch
 from kp4sr.baselines import BASELINES, BaselineConfig, Pop, make_baseline, rank_scores, run_baseline
 from kp4sr.data import Dataset, leave_one_out
 from kp4sr.errors import ConfigError
+from kp4sr.evaluation import target_ranks
 
 
 @pytest.fixture(autouse=True)
@@ -187,3 +188,25 @@ def test_short_histories_score_finite_and_as_in_training(name):
     with torch.no_grad():
         trained = model._last_logits(histories).numpy()
     assert np.allclose(evaluated, trained, atol=1e-5)
+
+
+def test_eval_windows_ranks_by_the_mean_probability_over_the_last_windows():
+    """``eval_windows``: a baseline scores each item by the log of its mean softmax probability
+    over the last 1, 2, .., all items (computed here by hand); shorter histories average over
+    fewer windows."""
+    ds = chain_dataset(n_items=30, length=10)
+    split = leave_one_out(ds, max_items=3)
+    model = make_baseline("sasrec", 30, 3, BaselineConfig(dim=16, layers=1, epochs=1))
+    hist = [np.array([4, 5, 6]), np.array([9])]
+
+    def probs(h):
+        return torch.softmax(torch.from_numpy(model.scores([h])[0]).double(), -1).numpy()
+
+    want = [np.log(np.mean([probs(h[-k:]) for k in range(1, len(h) + 1)], 0)) for h in hist]
+    assert np.allclose(model.window_scores(hist), np.stack(want), atol=1e-6)
+    model.config.eval_windows = True
+    got = model.user_ranks(ds, split.test)
+    model.config.eval_windows = False
+    seen = [ds.sequences[s.user][: s.position] for s in split.test]
+    top = rank_scores(model.window_scores([s.history for s in split.test]), seen, 20)
+    assert np.array_equal(got, target_ranks(top, np.array([s.target for s in split.test])))

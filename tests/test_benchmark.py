@@ -45,30 +45,31 @@ def test_quick_benchmark_on_toy(tmp_path, capsys):
 
 
 def test_benchmark_tunes_eval_max_items_on_validation_for_every_model(tmp_path, capsys):
-    """``--tune-eval-max-items``: each model's row names the k it ranks from, k is the best of
-    1..5 on validation NDCG@10 (ties: the larger), its ranks.json is the row's, and a KP4SR run
-    folder keeps k in config.json, so it ranks and serves with it."""
+    """``--tune-eval-max-items``: each model's row names what it ranks from — the last k items
+    (k = 1..5) or the mixture over those windows — the best on validation NDCG@10 (ties: the
+    later candidate, all five items last), its ranks.json is the row's, and a KP4SR run folder
+    keeps the choice in config.json, so it ranks and serves with it."""
+    from kp4sr.recommender import KP4SR
+
     out = tmp_path / "bench"
     argv = ["benchmark", "--dataset", "toy", "--out", str(out), "--quick", "--quiet"]
     assert main([*argv, "--models", "sasrec,kp4sr", "--tune-eval-max-items"]) == 0
     rows = json.loads((out / "results.json").read_text())
+    order = ["windows", "1", "2", "3", "4", "5"]
     for r in rows:
         folder = out / f"{r['model']}-seed0"
         saved = folder / ("sasrec.json" if r["model"] == "sasrec" else "eval_max_items.json")
-        by_k = {
-            int(k): v
-            for k, v in json.loads(saved.read_text())["valid_NDCG@10_by_eval_max_items"].items()
-        }
-        assert sorted(by_k) == [1, 2, 3, 4, 5]
-        assert r["eval_max_items"] == max(by_k, key=lambda k: (by_k[k], k))
-        assert r["valid"]["NDCG@10"] == pytest.approx(by_k[r["eval_max_items"]])
+        by = json.loads(saved.read_text())["valid_NDCG@10_by_eval_max_items"]
+        assert list(by) == order
+        assert str(r["eval_max_items"]) == max(order, key=lambda c: (by[c], order.index(c)))
+        assert r["valid"]["NDCG@10"] == pytest.approx(by[str(r["eval_max_items"])])
         ranks = json.loads((folder / "ranks.json").read_text())
         assert metrics(np.array(ranks["test"]["ranks"]))["NDCG@10"] == pytest.approx(r["NDCG@10"])
     kp = next(r for r in rows if r["model"] == "kp4sr")
-    from kp4sr.recommender import KP4SR
-
     rec = KP4SR.from_pretrained(out / "kp4sr-seed0")
-    assert rec.config.eval_max_items == kp["eval_max_items"]
+    windows = kp["eval_max_items"] == "windows"
+    assert rec.config.eval_windows == windows
+    assert rec.config.eval_max_items == (0 if windows else kp["eval_max_items"])
     assert rec.evaluate("test")["NDCG@10"] == pytest.approx(kp["NDCG@10"])
     assert (out / "kp4sr-seed0" / "ranks-all-items.json").is_file()
     assert "chosen on validation per seed: sasrec" in (out / "results.md").read_text()
@@ -174,20 +175,23 @@ def test_logit_adjustment_ranks_and_sweep():
 
 
 def test_recent_items_sweep_picks_k_on_validation_only():
-    """benchmarks/recent_items.py: every k from 1 to max_items is ranked on both splits, the k
-    with the best validation NDCG@10 is chosen whatever test says, and a tie keeps the larger."""
+    """benchmarks/recent_items.py: every candidate (the window mixture, then k = 1..max_items)
+    is ranked on both splits, the best on validation NDCG@10 is chosen whatever test says, and a
+    tie goes to the later candidate (all items last)."""
     ri = _load_script("recent_items.py")
-    valid = {1: [5, 5], 2: [0, 0], 3: [0, 9]}  # 0-based ranks per user
-    test = {1: [0, 0], 2: [5, 5], 3: [9, 9]}
+    valid = {"windows": [3, 3], 1: [5, 5], 2: [0, 0], 3: [0, 9]}  # 0-based ranks per user
+    test = {"windows": [0, 0], 1: [0, 0], 2: [5, 5], 3: [9, 9]}
 
     def at(k, split):
         return np.array((valid if split == "valid" else test)[k])
 
     scores, ranks, best = ri.sweep(at, 3)
-    assert best == 2 and sorted(scores) == [1, 2, 3]  # not 1, which test would pick
+    assert best == 2 and list(scores) == ["windows", 1, 2, 3]  # not 1, which test would pick
     assert scores[2]["valid"]["NDCG@10"] == 1.0 and ranks[2]["test"].tolist() == [5, 5]
     _, _, tie = ri.sweep(lambda k, s: np.array([0, 0]), 3)
     assert tie == 3
+    only_k, _, _ = ri.sweep(at, 3, windows=False)
+    assert list(only_k) == [1, 2, 3]
 
 
 def test_recent_items_on_a_toy_baseline(tmp_path):
@@ -197,7 +201,7 @@ def test_recent_items_on_a_toy_baseline(tmp_path):
     argv = ["--baseline", "pop", "--dataset", "toy", "--max-items", "3", "--out", str(out)]
     assert ri.main(argv) == 0
     rec = json.loads((out / "recent.json").read_text())
-    assert rec["chosen"] == 3 and sorted(rec["by_k"]) == ["1", "2", "3"]
+    assert rec["chosen"] == 3 and list(rec["by_k"]) == ["windows", "1", "2", "3"]
     assert len({json.dumps(v) for v in rec["by_k"].values()}) == 1
     ranks = json.loads((out / "ranks.json").read_text())
     assert metrics(np.array(ranks["test"]["ranks"])) == rec["by_k"]["3"]["test"]

@@ -606,3 +606,48 @@ def test_eval_max_items_ranks_and_serves_from_the_last_items(trained, tmp_path, 
     assert "expected 0 (all) to the run's --max-items (5)" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="--eval-max-items is 6"):
         KP4SR.create(Config(**{**SMALL, "eval_max_items": 6}), dataset=rec.dataset)
+
+
+def test_eval_windows_ranks_by_the_mean_probability_over_recent_windows(trained, capsys):
+    """``eval_windows``: each item scores the log of its first ID token's mean probability over
+    the prompts of the last 1, 2, .., all history items (checked by hand); ranking, the full
+    ranking and ``kp4sr evaluate --eval-windows`` all sort by it, seen items excluded; the
+    unconstrained mode and digit item IDs are refused."""
+    from kp4sr.decoding import first_token_logp
+
+    rec, out, _ = trained
+    samples = rec.split.test[:10]
+    first = rec.codes.codes[:, 0]
+
+    def window(x, k):
+        batch = rec.builder.build_batch([rec.user_text(x.user)], [x.history[-k:]])
+        return np.exp(first_token_logp(rec.model, batch, first, rec.config.tree_mask)[0])
+
+    want = np.stack(
+        [
+            np.log(np.mean([window(x, k) for k in range(1, len(x.history) + 1)], axis=0))
+            for x in samples
+        ]
+    )
+    rec.config.eval_windows = True
+    try:
+        got = rec.window_scores([x.user for x in samples], [x.history for x in samples])
+        assert np.allclose(got, want, atol=1e-5)
+        assert np.allclose(rec.item_scores(samples), want, atol=1e-5)
+        seen = [rec.seen_items(x) for x in samples]
+        ranked = rec.rank([x.user for x in samples], [x.history for x in samples], seen)
+        for row in range(len(samples)):
+            order = [i for i in np.argsort(-want[row], kind="stable") if i not in seen[row]]
+            assert ranked.items[row, :5].tolist() == order[:5]
+        beam = rec.evaluate("valid")
+        assert rec.evaluate("valid", mode="full")["NDCG@10"] == pytest.approx(beam["NDCG@10"])
+        with pytest.raises(ConfigError, match="evaluate in beam or full mode"):
+            rec.evaluate("valid", mode="unconstrained")
+    finally:
+        rec.config.eval_windows = False
+    assert main(["evaluate", str(out), "--json", "--eval-windows", "--split", "valid"]) == 0
+    assert json.loads(capsys.readouterr().out) == beam
+    with pytest.raises(ConfigError, match="--eval-windows needs --item-tokens single"):
+        KP4SR.create(
+            Config(**{**SMALL, "eval_windows": True, "item_tokens": "digits"}), dataset=rec.dataset
+        )

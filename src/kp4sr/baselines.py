@@ -27,7 +27,14 @@ import torch
 from torch import nn
 
 from kp4sr.data import Dataset, Sample, Split, seen_before, seen_mask
-from kp4sr.evaluation import RANKS_FILE, choose_recent, metrics, ranks_json, target_ranks
+from kp4sr.evaluation import (
+    RANKS_FILE,
+    WINDOWS,
+    choose_recent,
+    metrics,
+    ranks_json,
+    target_ranks,
+)
 
 BASELINES = ("pop", "gru4rec", "sasrec", "bert4rec")
 
@@ -48,8 +55,16 @@ class BaselineConfig:
     mask_prob: float = 0.2  # BERT4Rec: share of history items masked in training
     train_exclude_seen: bool = False  # the training softmax leaves out the user's earlier items
     eval_max_items: int = 0  # ranking reads only the last N history items (0: all), as KP4SR's
+    eval_windows: bool = False  # rank by the mean probability over the last 1..N items, as KP4SR's
     seed: int = 0
     device: str = "cpu"
+
+
+def set_recent(config: Any, choice: int | str) -> None:
+    """Set a KP4SR ``Config`` or a ``BaselineConfig`` to a ``choose_recent`` candidate: the
+    last ``choice`` items, or the mixture over windows (``WINDOWS``)."""
+    config.eval_windows = choice == WINDOWS
+    config.eval_max_items = 0 if choice == WINDOWS else int(choice)
 
 
 def rank_scores(scores: np.ndarray, seen: list[np.ndarray] | None, k: int) -> np.ndarray:
@@ -78,6 +93,18 @@ class Baseline:
         """[B, n_items] scores, higher is better."""
         raise NotImplementedError
 
+    def window_scores(self, histories: list[np.ndarray]) -> np.ndarray:
+        """[B, n_items] log of each item's mean softmax probability over the last 1, 2, ..,
+        all items of each history (``eval_windows``, as ``KP4SR.window_scores``)."""
+        lengths = np.array([len(h) for h in histories], dtype=np.int64)
+        total = np.zeros((len(histories), self.n_items), dtype=np.float64)
+        for k in range(1, int(lengths.max(initial=0)) + 1):
+            rows = np.flatnonzero(lengths >= k)
+            sc = torch.from_numpy(self.scores([histories[r][-k:] for r in rows])).double()
+            total[rows] += torch.softmax(sc, dim=-1).numpy()
+        with np.errstate(divide="ignore"):
+            return np.log(total / np.maximum(lengths, 1)[:, None])
+
     def evaluate(
         self, dataset: Dataset, samples: list[Sample], exclude_seen: bool = True, k: int = 20
     ) -> dict[str, float]:
@@ -90,7 +117,8 @@ class Baseline:
         ranked, k_recent = [], self.config.eval_max_items
         for s in range(0, len(samples), 512):
             chunk = samples[s : s + 512]
-            sc = self.scores([x.history[-k_recent:] if k_recent else x.history for x in chunk])
+            hist = [x.history[-k_recent:] if k_recent else x.history for x in chunk]
+            sc = self.window_scores(hist) if self.config.eval_windows else self.scores(hist)
             seen = seen_before(dataset, chunk) if exclude_seen else None
             ranked.append(rank_scores(sc, seen, k))
         items = np.concatenate(ranked) if ranked else np.zeros((0, k), dtype=np.int64)
@@ -313,12 +341,12 @@ def run_baseline(
     recent = {}
     if tune_recent:  # the trained model ranks from its last k items, k chosen on validation
 
-        def valid_at(k: int) -> np.ndarray:
-            model.config.eval_max_items = k
+        def valid_at(c: int | str) -> np.ndarray:
+            set_recent(model.config, c)
             return model.user_ranks(dataset, split.valid)
 
         chosen, by_k = choose_recent(valid_at, max_items)
-        model.config.eval_max_items = chosen
+        set_recent(model.config, chosen)
         recent = {"eval_max_items": chosen, "valid_NDCG@10_by_eval_max_items": by_k}
     ranks = {s: model.user_ranks(dataset, getattr(split, s)) for s in ("valid", "test")}
     result = {

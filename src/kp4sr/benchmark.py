@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kp4sr.baselines import BASELINES, BaselineConfig, run_baseline
+from kp4sr.baselines import BASELINES, BaselineConfig, run_baseline, set_recent
 from kp4sr.data import Dataset, leave_one_out
 from kp4sr.errors import ConfigError
 from kp4sr.evaluation import RANKS_FILE, choose_recent, metrics, ranks_json
@@ -88,7 +88,7 @@ def run_benchmark(
                 row = {"model": name, "seed": seed, **res["test"]}
                 row.update(train_seconds=seconds, valid=res["valid"])
                 if tune_recent:
-                    row["eval_max_items"] = rec.config.eval_max_items
+                    row["eval_max_items"] = res["eval_max_items"]
             row["machine"] = machine()
             rows.append(row)
             if progress:
@@ -102,17 +102,19 @@ def run_benchmark(
 def tune_eval_max_items(rec: KP4SR, folder: Path) -> dict[str, Any]:
     """Choose a trained run's ``eval_max_items`` on validation, save it in the run folder's
     ``config.json`` (so the folder ranks and serves with it) and return its valid/test metrics."""
-    ranks: dict[int, np.ndarray] = {}
+    ranks: dict[int | str, np.ndarray] = {}
 
-    def valid_at(k: int) -> np.ndarray:
-        rec.config.eval_max_items = k
-        ranks[k] = rec.user_ranks("valid")[0]
-        return ranks[k]
+    def valid_at(c: int | str) -> np.ndarray:
+        set_recent(rec.config, c)
+        ranks[c] = rec.user_ranks("valid")[0]
+        return ranks[c]
 
-    chosen, by_k = choose_recent(valid_at, rec.config.max_items)
-    rec.config.eval_max_items = chosen
+    windows = rec.config.item_tokens == "single"  # the mixture needs one token per item
+    chosen, by_k = choose_recent(valid_at, rec.config.max_items, windows)
+    set_recent(rec.config, chosen)
     config = json.loads((folder / "config.json").read_text("utf-8"))
-    config["eval_max_items"] = chosen
+    config["eval_max_items"] = rec.config.eval_max_items
+    config["eval_windows"] = rec.config.eval_windows
     (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     test = rec.user_ranks("test")[0]
     users = {s: rec.split_users(s) for s in ("valid", "test")}
@@ -122,7 +124,7 @@ def tune_eval_max_items(rec: KP4SR, folder: Path) -> dict[str, Any]:
     (folder / RANKS_FILE).write_text(ranks_json(per_split))
     choice = {"eval_max_items": chosen, "valid_NDCG@10_by_eval_max_items": by_k}
     (folder / "eval_max_items.json").write_text(json.dumps(choice, indent=2))
-    return {"valid": metrics(ranks[chosen]), "test": metrics(test)}
+    return {"valid": metrics(ranks[chosen]), "test": metrics(test), "eval_max_items": chosen}
 
 
 def _fit(rec: KP4SR, folder: Path, progress: bool) -> dict[str, Any]:

@@ -36,6 +36,8 @@ OPTION_HELP: dict[str, str] = {
     "max_items": "history items the model sees (default 5)",
     "eval_max_items": "ranking and serving read only the last N history items (default 0: all "
     "--max-items; pick N on validation)",
+    "eval_windows": "rank by each item's mean probability over the prompts of the last 1, 2, .., "
+    "N history items (single-token item IDs; default off)",
     "train_history": "full (default) | random: each training sample keeps its last k history "
     "items, k uniform in 1..--max-items (every context length, as SASRec trains)",
     "user_ids": "write 'new' instead of the user's ID in every prompt (no per-user token)",
@@ -187,6 +189,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"--max-items ({rec.config.max_items})"
             )
         rec.config.eval_max_items = args.eval_max_items
+    if args.eval_windows:
+        if rec.config.item_tokens != "single":
+            raise ConfigError("--eval-windows needs a run with --item-tokens single")
+        rec.config.eval_windows = True
     ranks, extra = rec.user_ranks(
         args.split, max_users=args.max_users, progress=not args.json, mode=args.mode
     )
@@ -370,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="read only the last N history items (default: the run's; 0: all)",
+    )
+    e.add_argument(
+        "--eval-windows",
+        action="store_true",
+        help="rank by each item's mean probability over the last 1, 2, .. N items' prompts",
     )
     e.add_argument(
         "--mode",

@@ -295,3 +295,23 @@ def _allowed(
     if not rows:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     return np.concatenate(rows), np.concatenate(cols)
+
+
+@torch.no_grad()
+def first_token_logp(
+    model: T5ForConditionalGeneration, batch: Batch, first_tokens: np.ndarray, tree_mask: bool
+) -> np.ndarray:
+    """[B, n_items]: the log-probability of each item's first ID token at the decoder's first
+    step, one decoder step per user. With single-token item IDs this is the item's probability
+    short of its </s> step, which a trained model puts near 1 for every item."""
+    model.eval()
+    enc = encode(model, batch, tree_mask).last_hidden_state
+    start = torch.full((enc.shape[0], 1), model.config.decoder_start_token_id, device=enc.device)
+    logits = model(
+        encoder_outputs=(enc,),
+        attention_mask=cross_mask(model, batch),
+        decoder_input_ids=start,
+        return_dict=True,
+    ).logits[:, -1, :]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp[:, torch.from_numpy(first_tokens).to(logp.device)].cpu().numpy()

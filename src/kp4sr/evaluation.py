@@ -74,10 +74,23 @@ def format_table(rows: dict[str, dict[str, float]], keys: tuple[str, ...] | None
     return "\n".join(lines)
 
 
-def choose_recent(valid_ranks_at: Callable[[int], np.ndarray], max_items: int) -> tuple[int, dict]:
-    """How many of the most recent history items to rank from (``eval_max_items``): the k in
-    1..``max_items`` whose validation ranks score the best NDCG@10 (a tie keeps the larger k,
-    the model's own setting). Returns k and every k's validation NDCG@10. Test is never read:
-    on ML-100k test prefers fewer items more than validation does (research log, try 35)."""
-    scores = {k: metrics(valid_ranks_at(k))["NDCG@10"] for k in range(1, max_items + 1)}
-    return max(scores, key=lambda k: (scores[k], k)), scores
+WINDOWS = "windows"  # the candidate of choose_recent that ranks by the mixture over windows
+
+
+def recent_candidates(max_items: int, windows: bool = True) -> list[int | str]:
+    """What ``choose_recent`` tries, in rising order of preference on a tie: the mixture over
+    the last 1..``max_items`` items' windows (``windows``), then the last k items for
+    k = 1..``max_items`` (so the model's own setting, all items, wins a draw)."""
+    return [*([WINDOWS] if windows else []), *range(1, max_items + 1)]
+
+
+def choose_recent(
+    valid_ranks_at: Callable[[int | str], np.ndarray], max_items: int, windows: bool = True
+) -> tuple[int | str, dict[int | str, float]]:
+    """What a trained model should rank from: the candidate of :func:`recent_candidates` (the
+    last k history items, or ``WINDOWS``) whose validation ranks score the best NDCG@10.
+    Returns it and every candidate's validation NDCG@10. Test is never read: on ML-100k test
+    prefers fewer items more than validation does (research log, try 35)."""
+    order = recent_candidates(max_items, windows)
+    scores = {c: metrics(valid_ranks_at(c))["NDCG@10"] for c in order}
+    return max(order, key=lambda c: (scores[c], order.index(c))), scores

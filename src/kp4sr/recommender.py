@@ -30,7 +30,15 @@ from kp4sr.data import (
     load_saved_dataset,
     save_dataset,
 )
-from kp4sr.decoding import INVALID, MISSING, ItemTrie, Ranked, beam_search, full_scores
+from kp4sr.decoding import (
+    INVALID,
+    MISSING,
+    ItemTrie,
+    Ranked,
+    beam_search,
+    first_token_logp,
+    full_scores,
+)
 from kp4sr.errors import ConfigError, DataError
 from kp4sr.evaluation import metrics, target_ranks
 from kp4sr.model import (
@@ -90,6 +98,7 @@ class Config:
     relations: str | None = None  # KG relations to keep, comma-separated, in priority order
     max_items: int = 5  # history items the model sees
     eval_max_items: int = 0  # ranking and serving read only the last N of them (0: all)
+    eval_windows: bool = False  # rank by the mean probability over the last 1, 2, .. N items
     train_history: str = "full"  # full | random: each training sample keeps its last k items,
     # k drawn uniformly from 1..max_items (SASRec's causal loss trains on every context length)
     user_ids: bool = True  # False: every MPP names no user (no per-user token to memorise)
@@ -213,6 +222,11 @@ class KP4SR:
         if config.train_history not in TRAIN_HISTORY:
             raise ConfigError(
                 f"--train-history is {config.train_history!r}: expected {' | '.join(TRAIN_HISTORY)}"
+            )
+        if config.eval_windows and config.item_tokens != "single":
+            raise ConfigError(
+                "--eval-windows needs --item-tokens single: it averages the probability of each "
+                "item's one ID token over the windows"
             )
         if config.train_exclude_seen and config.item_tokens != "single":
             raise ConfigError(
@@ -410,6 +424,10 @@ class KP4SR:
         (``constrained=False``: plain beam search, invalid IDs marked ``INVALID``)."""
         beams = beams or self.config.beams
         bs = batch_size or self.config.eval_batch_size
+        if self.config.eval_windows:
+            if not constrained:
+                raise ConfigError("--eval-windows ranks every item: evaluate in beam or full mode")
+            return self._rank_windows(users, histories, seen, beams, bs, progress)
         out_items, out_scores = [], []
         pad = self.tokenizer.pad_token_id
         starts = range(0, len(histories), bs)
@@ -437,6 +455,62 @@ class KP4SR:
             return Ranked(np.zeros((0, beams), np.int64), np.zeros((0, beams), np.float32))
         return Ranked(np.concatenate(out_items), np.concatenate(out_scores))
 
+    def window_scores(
+        self, users: list[int | None], histories: list[np.ndarray], batch_size: int | None = None
+    ) -> np.ndarray:
+        """[B, n_items] (``--eval-windows``): the log of each item's mean probability over the
+        prompts of the history's last 1, 2, ..., all items (after ``eval_max_items``).
+
+        Why: the model ranks test users better from fewer items than it was trained on, and no
+        one window is best for every user; the mixture weighs recent items most (the last item
+        is in every window, the oldest in one) without choosing. Single-token item IDs only."""
+        bs = batch_size or self.config.eval_batch_size
+        hist = [self.recent(h) for h in histories]
+        lengths = np.array([len(h) for h in hist], dtype=np.int64)
+        texts = [self.user_text(u) for u in users]
+        total = np.zeros((len(hist), len(self.dataset.items)), dtype=np.float64)
+        first = self.codes.codes[:, 0]
+        for k in range(1, int(lengths.max(initial=0)) + 1):
+            rows = np.flatnonzero(lengths >= k)
+            for s in range(0, len(rows), bs):
+                part = rows[s : s + bs]
+                batch = self.builder.build_batch(
+                    [texts[r] for r in part], [hist[r][-k:] for r in part]
+                ).to(self.device)
+                logp = first_token_logp(self.model, batch, first, self.config.tree_mask)
+                total[part] += np.exp(logp.astype(np.float64))
+        with np.errstate(divide="ignore"):
+            return np.log(total / np.maximum(lengths, 1)[:, None]).astype(np.float32)
+
+    def _rank_windows(
+        self,
+        users: list[int | None],
+        histories: list[np.ndarray],
+        seen: list[set[int]] | None,
+        k: int,
+        bs: int,
+        progress: bool,
+    ) -> Ranked:
+        """:meth:`rank` under ``--eval-windows``: every item scored, the top ``k`` kept."""
+        out_items, out_scores = [], []
+        starts = range(0, len(histories), 256)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="ranking (windows)", unit="chunk", leave=False)
+        for s in starts:
+            sc = self.window_scores(users[s : s + 256], histories[s : s + 256], bs)
+            if seen is not None:
+                for row, items in enumerate(seen[s : s + 256]):
+                    sc[row, list(items)] = -np.inf
+            top = np.argsort(-sc, axis=1, kind="stable")[:, :k]
+            top_scores = np.take_along_axis(sc, top, axis=1)
+            out_items.append(np.where(np.isfinite(top_scores), top, MISSING))
+            out_scores.append(top_scores)
+        if not out_items:
+            return Ranked(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
+        return Ranked(np.concatenate(out_items), np.concatenate(out_scores))
+
     def recent(self, history: np.ndarray) -> np.ndarray:
         """The part of a history that ranking and serving read: its last ``eval_max_items``
         items (all when 0). A model trained on 5 items can rank better from fewer (try 35)."""
@@ -448,8 +522,11 @@ class KP4SR:
 
     def item_scores(self, samples: list[Sample], progress: bool = False) -> np.ndarray:
         """[len(samples), n_items]: every item's exact log-probability under the decoder for
-        each sample's prompt (seen items not excluded): what the full ranking sorts."""
+        each sample's prompt (seen items not excluded): what the full ranking sorts. Under
+        ``--eval-windows``: :meth:`window_scores`."""
         bs = self.config.eval_batch_size
+        if self.config.eval_windows:
+            return self.window_scores([x.user for x in samples], [x.history for x in samples])
         out = np.empty((len(samples), len(self.dataset.items)), dtype=np.float32)
         starts = range(0, len(samples), bs)
         if progress:
