@@ -331,15 +331,15 @@ def run_baseline(
 ) -> dict[str, Any]:
     """Train one baseline and return its validation and test metrics and training time.
 
-    ``tune_recent``: then rank from the last k history items, k chosen on validation
-    (:func:`~kp4sr.evaluation.choose_recent`), as ``kp4sr benchmark --tune-eval-max-items``
-    does for every model."""
+    ``tune_recent``: then rank from the last k history items or their window mixture, as
+    chosen on validation (:func:`~kp4sr.evaluation.choose_recent`), as ``kp4sr benchmark
+    --tune-eval-max-items`` does for every model."""
     model = make_baseline(name, len(dataset.items), max_items, config)
     t0 = time.perf_counter()
     info = model.fit(dataset, split, progress)
     seconds = time.perf_counter() - t0
     recent = {}
-    if tune_recent:  # the trained model ranks from its last k items, k chosen on validation
+    if tune_recent:  # the trained model ranks as its validation prefers
 
         def valid_at(c: int | str) -> np.ndarray:
             set_recent(model.config, c)

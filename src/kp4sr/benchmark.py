@@ -49,8 +49,9 @@ def run_benchmark(
 ) -> list[dict[str, Any]]:
     """Train and evaluate every model for every seed; write and return the result rows.
 
-    ``tune_recent``: every model, baselines included, then ranks from its last k history items,
-    k chosen on its own validation NDCG@10 (``eval_max_items`` in each row)."""
+    ``tune_recent``: every model, baselines included, then ranks from its last k history items
+    or their window mixture, as its own validation NDCG@10 prefers (``eval_max_items`` in each
+    row: k or ``"windows"``)."""
     unknown = set(models) - set(MODELS)
     if unknown:
         raise ConfigError(f"unknown model(s) {', '.join(sorted(unknown))}: expected {MODELS}")
@@ -100,8 +101,9 @@ def run_benchmark(
 
 
 def tune_eval_max_items(rec: KP4SR, folder: Path) -> dict[str, Any]:
-    """Choose a trained run's ``eval_max_items`` on validation, save it in the run folder's
-    ``config.json`` (so the folder ranks and serves with it) and return its valid/test metrics."""
+    """Choose on validation what a trained run ranks from (``eval_max_items`` or
+    ``eval_windows``), save it in the run folder's ``config.json`` (so the folder ranks and
+    serves with it) and return the choice and its valid/test metrics."""
     ranks: dict[int | str, np.ndarray] = {}
 
     def valid_at(c: int | str) -> np.ndarray:
@@ -196,7 +198,7 @@ def summary_markdown(rows: list[dict[str, Any]], dataset: str, command: str = ""
         models = machines.setdefault(r.get("machine") or machine(), [])
         if r["model"] not in models:
             models.append(r["model"])
-    chosen: dict[str, list[int]] = {}
+    chosen: dict[str, list[int | str]] = {}
     for r in rows:
         if "eval_max_items" in r:
             chosen.setdefault(r["model"], []).append(r["eval_max_items"])

@@ -429,8 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--tune-eval-max-items",
         action="store_true",
-        help="every model ranks from its last k history items, k chosen on its validation "
-        "NDCG@10 (eval_max_items in results.json)",
+        help="every model ranks from its last k history items or their window mixture, "
+        "chosen on its validation NDCG@10 (eval_max_items in results.json)",
     )
     _add_config_options(b, [*DATA_FIELDS, "train_exclude_seen"])
     b.set_defaults(func=cmd_benchmark)
