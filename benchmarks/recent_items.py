@@ -21,6 +21,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,9 +76,25 @@ def kp4sr_ranks(run: str) -> Source:
     return at, rec.config.max_items, users[0], users[1], rec.config.item_tokens == "single"
 
 
-def baseline_ranks(
-    args: argparse.Namespace,
-) -> Source:
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Which model (``--run`` or ``--baseline``), ``--out``, and the options of ``--baseline``:
+    which data, and how the baseline trains."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run", help="a KP4SR run folder")
+    g.add_argument("--baseline", help="train this baseline (sasrec, gru4rec, bert4rec, pop)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dataset", default="ml-100k", help="--baseline: the dataset")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--max-items", type=int, default=5, help="--baseline: its history window")
+    p.add_argument("--epochs", type=int, default=50, help="--baseline: at most this many")
+    p.add_argument("--train-exclude-seen", action="store_true", help="--baseline: as baselines.py")
+    p.add_argument("--min-user", type=int, default=0, help="--baseline: k-core (default 0)")
+    p.add_argument("--min-item", type=int, default=0, help="--baseline: k-core (default 0)")
+
+
+def train_baseline(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """``--baseline`` trained exactly as ``benchmarks/baselines.py`` does (``args.seed``):
+    the model, the dataset and its split."""
     from kp4sr.baselines import BaselineConfig, make_baseline
     from kp4sr.data import DataOptions, leave_one_out, load_dataset
 
@@ -89,6 +106,11 @@ def baseline_ranks(
     )
     model = make_baseline(args.baseline, len(ds.items), args.max_items, cfg)
     model.fit(ds, split, progress=True)
+    return model, ds, split
+
+
+def baseline_ranks(args: argparse.Namespace) -> Source:
+    model, ds, split = train_baseline(args)
 
     def at(c: int | str, s: str) -> np.ndarray:
         set_recent(model.config, c)
@@ -100,18 +122,8 @@ def baseline_ranks(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--run", help="a KP4SR run folder")
-    g.add_argument("--baseline", help="train this baseline (sasrec, gru4rec, bert4rec, pop)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--dataset", default="ml-100k", help="--baseline: the dataset")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--max-items", type=int, default=5, help="--baseline: its history window")
-    p.add_argument("--epochs", type=int, default=50, help="--baseline: at most this many")
+    add_model_options(p)
     p.add_argument("--seed", type=int, default=0, help="--baseline: its seed")
-    p.add_argument("--train-exclude-seen", action="store_true", help="--baseline: as baselines.py")
-    p.add_argument("--min-user", type=int, default=0, help="--baseline: k-core (default 0)")
-    p.add_argument("--min-item", type=int, default=0, help="--baseline: k-core (default 0)")
     args = p.parse_args(argv)
 
     at, max_items, valid_users, test_users, windows = (

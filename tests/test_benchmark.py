@@ -209,6 +209,51 @@ def test_recent_items_on_a_toy_baseline(tmp_path):
     assert f"| k=3 (chosen) | {v:.4f} |" in (out / "results.md").read_text()
 
 
+def test_history_order_changes_only_the_order_of_the_items_read():
+    """benchmarks/history_order.py: the read items are reversed or shuffled, the rest and the
+    item set stay; a ranker that hits only when the newest item is last loses under reversed."""
+    ho = _load_script("history_order.py")
+    rng = np.random.default_rng(0)
+    h = np.array([1, 2, 3, 4, 5])
+    assert ho.reorder(h, 0, "kept", rng).tolist() == [1, 2, 3, 4, 5]
+    assert ho.reorder(h, 0, "reversed", rng).tolist() == [5, 4, 3, 2, 1]
+    assert ho.reorder(h, 3, "reversed", rng).tolist() == [1, 2, 5, 4, 3]
+    assert ho.reorder(h, 9, "reversed", rng).tolist() == [5, 4, 3, 2, 1]
+    shuffled = [tuple(ho.reorder(h, 4, "shuffled", rng).tolist()) for _ in range(50)]
+    assert all(s[0] == 1 and sorted(s) == [1, 2, 3, 4, 5] for s in shuffled)
+    assert len(set(shuffled)) > 1
+    with pytest.raises(ValueError, match="unknown order"):
+        ho.reorder(h, 0, "sorted", rng)
+
+    from kp4sr.data import Sample
+
+    samples = [Sample(user=u, history=np.arange(u, u + 5), target=u, position=5) for u in range(40)]
+
+    def ranks(xs):  # rank 0 when the history's newest item (the largest here) comes last
+        return np.array([0 if x.history[-1] == x.history.max() else 15 for x in xs])
+
+    result = ho.measure((ranks, 0, {"valid": samples, "test": samples}), seed=0, draws=200)
+    assert result["test"]["kept"]["NDCG@10"] == 1.0 and result["test"]["reversed"]["HR@10"] == 0
+    d = result["test"]["reversed"]["vs kept"]["NDCG@10"]
+    assert d["diff"] == -1.0 and d["p"] < 0.01
+    assert 0 < result["valid"]["shuffled"]["HR@10"] < 1
+    assert "| reversed |" in ho.table(result) and "| -1.0000 (0.0" in ho.table(result)
+
+
+def test_history_order_on_a_toy_baseline(tmp_path):
+    """End to end on toy with Pop, which ignores the history: every order scores the same."""
+    ho = _load_script("history_order.py")
+    out = tmp_path / "o"
+    argv = ["--baseline", "pop", "--dataset", "toy", "--out", str(out), "--draws", "100"]
+    assert ho.main(argv) == 0
+    got = json.loads((out / "order.json").read_text())
+    for split in ("valid", "test"):
+        kept = got[split]["kept"]["NDCG@10"]
+        assert got[split]["reversed"]["NDCG@10"] == kept == got[split]["shuffled"]["NDCG@10"]
+        assert got[split]["shuffled"]["vs kept"]["HR@10"]["diff"] == 0
+    assert "| kept |" in (out / "results.md").read_text()
+
+
 def test_summary_table_mean_and_std():
     rows = [
         {
@@ -232,7 +277,7 @@ def test_benchmark_scripts_run(tmp_path):
     root = Path(__file__).resolve().parents[1] / "benchmarks"
     scripts = ("ml100k.py", "baselines.py", "determinism.py", "merge_results.py", "precision.py")
     more = ("curves.py", "prompt_stats.py", "compare.py", "popularity.py", "logit_adjust.py")
-    more = (*more, "recent_items.py")
+    more = (*more, "recent_items.py", "history_order.py")
     for script in (*scripts, *more):
         done = subprocess.run([sys.executable, str(root / script), "--help"], capture_output=True)
         assert done.returncode == 0, done.stderr.decode()

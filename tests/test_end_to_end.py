@@ -651,3 +651,73 @@ def test_eval_windows_ranks_by_the_mean_probability_over_recent_windows(trained,
         KP4SR.create(
             Config(**{**SMALL, "eval_windows": True, "item_tokens": "digits"}), dataset=rec.dataset
         )
+
+
+def test_recency_embeddings_mark_each_history_item_by_its_position_from_the_end(
+    tmp_path, trained, small_toy
+):
+    """``--recency-embeddings``: the tokens of the history's last item get slot 1, the oldest
+    slot K, everything else 0; the table starts at zero (a warm start from a run without it
+    encodes exactly as that run), trains, saves and reloads; a model with it encodes a reversed
+    history otherwise than the same table at zero does; a run with it cannot start one without."""
+    from kp4sr.errors import DataError
+    from kp4sr.model import RECENCY, encode, recency_slots
+    from kp4sr.prompts import collate
+
+    rec0, out, _ = trained
+    one = {**SMALL, "epochs": 1, "samples_per_epoch": 64}
+    rec = KP4SR.create(Config(**one, recency_embeddings=True, init_from=str(out)), small_toy)
+    table = getattr(rec.model, RECENCY)
+    assert table.weight.shape == (rec.config.max_items + 1, rec.model.config.d_model)
+    assert not table.weight.any()
+    samples = rec.split.test[:8]
+    prompts = [rec.prompt(x) for x in samples]
+    batch = collate(prompts, rec.tokenizer.pad_token_id)
+    slots = recency_slots(batch.node_of_token, batch.parents)
+    for row, (x, p) in enumerate(zip(samples, prompts)):
+        k = len(x.history)
+        for j in range(1, k + 1):  # item node j's tokens: the MPP's j-th ID, oldest first
+            start, end = p.spans[j]
+            assert (slots[row, start:end] == k - j + 1).all()
+        assert int((slots[row] > 0).sum()) == sum(e - s for s, e in p.spans[1 : k + 1])
+    model0, model = rec0.model.eval(), rec.model.eval()
+    with torch.no_grad():
+        same = encode(model, batch, True).last_hidden_state
+        torch.testing.assert_close(same, encode(model0, batch, True).last_hidden_state)
+    res = fit(rec, tmp_path / "run", progress=False)
+    assert np.isfinite(res["valid"]["NDCG@10"])
+    trained_table = getattr(rec.model, RECENCY).weight.detach().clone()
+    assert trained_table[1:].abs().sum() > 0 and not trained_table[0].any()  # slot 0 stays 0
+    back = KP4SR.from_pretrained(tmp_path / "run")
+    assert torch.equal(getattr(back.model, RECENCY).weight.detach(), trained_table)
+    np.testing.assert_array_equal(
+        back.rank([x.user for x in samples], [x.history for x in samples]).items,
+        rec.rank([x.user for x in samples], [x.history for x in samples]).items,
+    )
+    with torch.no_grad():  # the order now reaches the encoder through the table
+        getattr(back.model, RECENCY).weight[1] = 3.0
+        rev = [rec.prompt(dataclasses.replace(x, history=x.history[::-1])) for x in samples]
+        rb = collate(rev, rec.tokenizer.pad_token_id)
+        with_table = encode(back.model.eval(), rb, True).last_hidden_state
+        getattr(back.model, RECENCY).weight.zero_()
+        without = encode(back.model, rb, True).last_hidden_state
+    assert (with_table - without).abs().max() > 1e-3
+    with pytest.raises(DataError, match="has recency embeddings and this run's has none"):
+        KP4SR.create(Config(**one, init_from=str(tmp_path / "run")), dataset=small_toy)
+    # a run folder whose options and model disagree about the table is refused, named
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    (tmp_path / "run" / "config.json").write_text(
+        json.dumps({**saved, "recency_embeddings": False})
+    )
+    with pytest.raises(DataError, match="recency_embeddings is false but the model has"):
+        KP4SR.from_pretrained(tmp_path / "run")
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    # one whose model config names the table but whose weights lack it, too
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "run" / "model" / "model.safetensors"
+    state = load_file(str(weights))
+    del state[f"{RECENCY}.weight"]
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(DataError, match="missing from model.safetensors: kp4sr_recency.weight"):
+        KP4SR.from_pretrained(tmp_path / "run")

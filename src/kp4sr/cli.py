@@ -40,6 +40,8 @@ OPTION_HELP: dict[str, str] = {
     "N history items (single-token item IDs; default off)",
     "train_history": "full (default) | random: each training sample keeps its last k history "
     "items, k uniform in 1..--max-items (every context length, as SASRec trains)",
+    "recency_embeddings": "add a learned embedding of each history item's position from the "
+    "end (1 = most recent) to its ID tokens, so the encoder reads the order (default off)",
     "user_ids": "write 'new' instead of the user's ID in every prompt (no per-user token)",
     "item_index": "item ID numbering: random (default) | sequential (P5's, leaks order)",
     "item_tokens": "item ID tokens: single (one token per item, default) | digits (one per digit)",

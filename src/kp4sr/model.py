@@ -21,7 +21,7 @@ from transformers.models.t5.modeling_t5 import T5Attention, T5DenseActDense
 
 from kp4sr import tree_blocks
 from kp4sr.errors import ConfigError
-from kp4sr.tree_mask import encoder_mask
+from kp4sr.tree_mask import ROOT, encoder_mask
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +335,36 @@ class Batch:
         )
 
 
+# The recency embedding (``--recency-embeddings``): its module's name on the T5 model, whose
+# weights save as ``RECENCY.weight`` beside T5's own, and the model config key of its slots.
+RECENCY = "kp4sr_recency"
+
+
+def add_recency(model: T5ForConditionalGeneration, slots: int) -> T5ForConditionalGeneration:
+    """Give ``model`` a learned embedding per history position counted from the end (1 = the
+    most recent item, .., ``slots``), added to the input embeddings of each history item's ID
+    tokens in the MPP (:func:`recency_slots`).
+
+    Why: T5 sees only relative token distances, and our T5 ranks the same whether the history
+    is in time order, reversed or shuffled, where SASRec, with a learned embedding per
+    position, loses under reversal (research log, try 37). Zero-initialised, so a warm start
+    begins exactly as the earlier run's model."""
+    table = torch.nn.Embedding(slots + 1, model.config.d_model, padding_idx=0)
+    torch.nn.init.zeros_(table.weight)
+    setattr(model, RECENCY, table.to(model.device))
+    model.config.kp4sr_recency = slots
+    return model
+
+
+def recency_slots(node_of_token: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+    """[B, L] each token's recency slot: for the tokens of history item node j (1..K, oldest
+    first, as the prompt builder numbers them) K - j + 1, so the most recent item is 1 however
+    long the history; 0 for every other token (the MPP's words, knowledge, padding)."""
+    k = (parents == ROOT).sum(1, keepdim=True)  # item nodes are the root's children
+    is_item = (node_of_token >= 1) & (node_of_token <= k)
+    return torch.where(is_item, k - node_of_token + 1, torch.zeros_like(node_of_token))
+
+
 def set_tree_blocks(model: T5ForConditionalGeneration, mode: str) -> None:
     """Choose when :func:`encode` uses tree blocks for this model: one of ``TREE_BLOCKS``."""
     if mode not in TREE_BLOCKS:
@@ -394,8 +424,15 @@ def encode(
         if attn == "eager":
             # transformers' eager T5 adds the mask to the scores: booleans would add 0 and 1
             mask4d = additive_mask(mask4d, model.dtype)
+    inputs: dict[str, torch.Tensor] = {"input_ids": batch.input_ids}
+    recency = getattr(model, RECENCY, None)
+    if recency is not None:
+        slots = recency_slots(batch.node_of_token, batch.parents)
+        slots = slots.clamp(max=recency.num_embeddings - 1)  # older than the table: its last
+        embeds = model.get_input_embeddings()(batch.input_ids) + recency(slots)
+        inputs = {"inputs_embeds": embeds}
     return model.get_encoder()(
-        input_ids=batch.input_ids,
+        **inputs,
         attention_mask=mask4d,
         return_dict=True,
         kp4sr_shared=shared,

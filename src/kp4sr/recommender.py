@@ -44,7 +44,9 @@ from kp4sr.evaluation import metrics, target_ranks
 from kp4sr.model import (
     CROSS_ATTENTION,
     PRECISIONS,
+    RECENCY,
     TREE_BLOCKS,
+    add_recency,
     build_model,
     check_backbone,
     is_preset,
@@ -101,6 +103,8 @@ class Config:
     eval_windows: bool = False  # rank by the mean probability over the last 1, 2, .. N items
     train_history: str = "full"  # full | random: each training sample keeps its last k items,
     # k drawn uniformly from 1..max_items (SASRec's causal loss trains on every context length)
+    recency_embeddings: bool = False  # a learned embedding of each history item's position
+    # from the end, added to its ID tokens (T5 alone ignores the order: research log, try 37)
     user_ids: bool = True  # False: every MPP names no user (no per-user token to memorise)
     item_index: str = "random"  # random | sequential (P5's leaky order of appearance)
     item_tokens: str = "single"  # single: one token per item | digits: one token per digit
@@ -313,6 +317,8 @@ class KP4SR:
             config.dropout,
             config.tie_embeddings,
         )
+        if config.recency_embeddings:
+            add_recency(model, config.max_items)
         if config.init_from:
             from kp4sr.runfolder import warm_start
 
@@ -376,6 +382,13 @@ class KP4SR:
                 config_path,
             )
         model = rf.load_t5(folder / "model", len(tokenizer), is_preset(config.backbone))
+        if config.recency_embeddings != hasattr(model, RECENCY):
+            raise DataError(
+                f"recency_embeddings is {str(config.recency_embeddings).lower()} but the model "
+                + ("lacks" if config.recency_embeddings else "has")
+                + " a recency table: config.json and model/ do not match",
+                config_path,
+            )
         return cls(config, dataset, tokenizer, model, numbers, relations, mpp)
 
     # -- data -----------------------------------------------------------------------------

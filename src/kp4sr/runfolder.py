@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,9 @@ def load_t5(model_dir: Path, vocab_size: int, exact: bool) -> Any:
         if not path.is_file():
             raise DataError("missing from the run folder", path)
     _check_model_config(read_json(config_path, "the model's configuration"), config_path, weights)
+    hf_log = logging.getLogger("transformers.modeling_utils")
+    quiet = _NoRecencyReport()  # transformers reports our recency table as unexpected
+    hf_log.addFilter(quiet)
     try:
         model, info = T5ForConditionalGeneration.from_pretrained(
             str(model_dir),
@@ -222,12 +226,16 @@ def load_t5(model_dir: Path, vocab_size: int, exact: bool) -> Any:
         ) from None
     except Exception as e:  # noqa: BLE001 - a hand-edited config fails in many library ways
         raise DataError(f"cannot load the model ({_first_line(e)})", model_dir) from None
+    finally:
+        hf_log.removeFilter(quiet)
+    recency = _load_recency(model, weights)
     for key, what in (
         ("missing_keys", "weights missing from model.safetensors"),
         ("unexpected_keys", "weights in model.safetensors that config.json has no place for"),
         ("mismatched_keys", "weights whose shape differs from config.json"),
     ):
         found = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(key, ()))
+        found = [k for k in found if k not in recency]
         if found:
             more = f" and {len(found) - 3} more" if len(found) > 3 else ""
             raise DataError(f"{what}: {', '.join(found[:3])}{more}", model_dir)
@@ -241,6 +249,45 @@ def load_t5(model_dir: Path, vocab_size: int, exact: bool) -> Any:
     from kp4sr.model import use_fast_paths
 
     return use_fast_paths(model)
+
+
+class _NoRecencyReport(logging.Filter):
+    """Drops transformers' load report when it names the recency table: load_t5 loads that
+    table itself and names every other unexpected or missing weight in its own error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from kp4sr.model import RECENCY
+
+        return RECENCY not in record.getMessage()
+
+
+def _load_recency(model: Any, weights: Path) -> set[str]:
+    """Attach a saved recency embedding (``--recency-embeddings``), which transformers does not
+    know and so leaves out; returns the weight names it took care of."""
+    import torch
+    from safetensors import safe_open
+
+    from kp4sr.model import RECENCY, add_recency
+
+    slots = getattr(model.config, "kp4sr_recency", None)
+    key = f"{RECENCY}.weight"
+    if slots is None:
+        return set()
+    if not _is_int(slots) or slots < 1:
+        raise DataError(f"kp4sr_recency is {slots!r}: expected a positive integer", weights)
+    with safe_open(str(weights), framework="pt") as f:
+        if key not in f.keys():
+            raise DataError(f"weights missing from model.safetensors: {key}", weights)
+        table = f.get_tensor(key)
+    add_recency(model, int(slots))
+    mine = getattr(model, RECENCY).weight
+    if tuple(table.shape) != tuple(mine.shape):
+        raise DataError(
+            f"weights whose shape differs from config.json: {key} ({tuple(table.shape)})", weights
+        )
+    with torch.no_grad():
+        mine.copy_(table)
+    return {key}
 
 
 def _weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
@@ -347,6 +394,18 @@ def warm_start(model: Any, tokenizer: Any, folder: Path) -> None:
             folder / "model",
         )
     theirs_state = source.state_dict()
+    from kp4sr.model import RECENCY
+
+    recency = f"{RECENCY}.weight"
+    if recency in theirs_state and recency not in model.state_dict():
+        raise DataError(
+            "--init-from: its model has recency embeddings and this run's has none "
+            "(add --recency-embeddings)",
+            folder / "model",
+        )
+    if recency in model.state_dict() and recency not in theirs_state:
+        # a model without them starts one that has them: they start at zero, as built
+        theirs_state = {**theirs_state, recency: model.state_dict()[recency]}
     for key, value in model.state_dict().items():
         shape = tuple(value.shape)
         found = tuple(theirs_state[key].shape) if key in theirs_state else None
