@@ -12,9 +12,10 @@ reversed (``reversed``, the most recent item first) and in a seeded random order
 (``shuffled``). Only the order changes: the same items, the same user, the same excluded seen
 items. A model that ignores the order scores the same under all three; one that relies on
 recency loses under ``reversed``. (Under ``eval_windows`` the windows are the last 1..N items
-of the reordered history, so the mixture's weighting by recency is part of what is tested.) Writes ``OUT/order.json`` (metrics per order and split, and
-the paired difference of each order from ``kept`` with its 95% bootstrap interval and
-permutation p, as ``compare.py``) and ``OUT/results.md``.
+of the reordered history, so the mixture's weighting by recency is part of what is tested.)
+Writes ``OUT/order.json`` (metrics per order and split, and the paired difference of each
+order from ``kept`` with its 95% bootstrap interval and permutation p, as ``compare.py``) and
+``OUT/results.md``.
 """
 
 from __future__ import annotations
