@@ -393,20 +393,20 @@ def warm_start(model: Any, tokenizer: Any, folder: Path) -> None:
             + " and this run's is not (--tie-embeddings must match)",
             folder / "model",
         )
-    theirs_state = source.state_dict()
     from kp4sr.model import RECENCY
 
+    theirs_state, mine = source.state_dict(), model.state_dict()
     recency = f"{RECENCY}.weight"
-    if recency in theirs_state and recency not in model.state_dict():
+    if recency in theirs_state and recency not in mine:
         raise DataError(
             "--init-from: its model has recency embeddings and this run's has none "
             "(add --recency-embeddings)",
             folder / "model",
         )
-    if recency in model.state_dict() and recency not in theirs_state:
+    if recency in mine and recency not in theirs_state:
         # a model without them starts one that has them: they start at zero, as built
-        theirs_state = {**theirs_state, recency: model.state_dict()[recency]}
-    for key, value in model.state_dict().items():
+        theirs_state = {**theirs_state, recency: mine[recency]}
+    for key, value in mine.items():
         shape = tuple(value.shape)
         found = tuple(theirs_state[key].shape) if key in theirs_state else None
         if found != shape:
