@@ -468,6 +468,13 @@ def test_init_from_starts_a_run_from_an_earlier_runs_weights(tmp_path, trained, 
     assert loss["warm"] < loss["cold"] - 0.5, loss  # the earlier run's learning carries over
     saved = json.loads((tmp_path / "warm" / "config.json").read_text())
     assert saved["init_from"] == str(out)
+    # warm starts chain: a run warm-started from a warm-started run begins at the latter's
+    # trained weights (a second phase of the base, then KP4SR from it; research log, try 38)
+    chained = KP4SR.create(Config(**one, init_from=str(tmp_path / "warm")), dataset=small_toy)
+    phase = KP4SR.from_pretrained(tmp_path / "warm").model.state_dict()
+    for k, v in chained.model.state_dict().items():
+        assert torch.equal(v.cpu().float(), phase[k].cpu().float()), k
+    assert not torch.equal(chained.model.shared.weight, rec.model.shared.weight.to(torch.float32))
     # another seed would draw other item numbers; a warm start keeps the earlier run's (matched
     # by item ID), so a second training seed of a warm start is possible
     reseeded = KP4SR.create(Config(**one, seed=3), dataset=small_toy)
