@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="leave each user's earlier items out of the training softmax (as the ranking does)",
     )
+    p.add_argument(
+        "--item-knowledge",
+        default="",
+        help="KG relations (comma-separated, or 'all') whose tails join each item's vector in "
+        "GRU4Rec, SASRec and BERT4Rec (default: none)",
+    )
     p.add_argument("--min-user", type=int, default=0, help="k-core (default 0: no filtering)")
     p.add_argument("--min-item", type=int, default=0, help="k-core (default 0: no filtering)")
     args = p.parse_args(argv)
@@ -53,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             dim=args.dim,
             seed=args.seed,
             train_exclude_seen=args.train_exclude_seen,
+            item_knowledge=args.item_knowledge,
         )
         res = run_baseline(name, ds, split, args.max_items, cfg, out=out, progress=True)
         results.append(res)

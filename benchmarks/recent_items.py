@@ -88,6 +88,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-items", type=int, default=5, help="--baseline: its history window")
     p.add_argument("--epochs", type=int, default=50, help="--baseline: at most this many")
     p.add_argument("--train-exclude-seen", action="store_true", help="--baseline: as baselines.py")
+    p.add_argument(
+        "--item-knowledge", default="", help="--baseline: KG relations added to item vectors"
+    )
     p.add_argument("--min-user", type=int, default=0, help="--baseline: k-core (default 0)")
     p.add_argument("--min-item", type=int, default=0, help="--baseline: k-core (default 0)")
 
@@ -102,9 +105,12 @@ def train_baseline(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     ds = load_dataset(args.dataset, args.data_dir, opts, seed=args.seed)
     split = leave_one_out(ds, args.max_items)
     cfg = BaselineConfig(
-        epochs=args.epochs, seed=args.seed, train_exclude_seen=args.train_exclude_seen
+        epochs=args.epochs,
+        seed=args.seed,
+        train_exclude_seen=args.train_exclude_seen,
+        item_knowledge=args.item_knowledge,
     )
-    model = make_baseline(args.baseline, len(ds.items), args.max_items, cfg)
+    model = make_baseline(args.baseline, len(ds.items), args.max_items, cfg, ds)
     model.fit(ds, split, progress=True)
     return model, ds, split
 

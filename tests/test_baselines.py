@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from kp4sr.baselines import BASELINES, BaselineConfig, Pop, make_baseline, rank_scores, run_baseline
-from kp4sr.data import Dataset, leave_one_out
+from kp4sr.baselines import (
+    BASELINES,
+    BaselineConfig,
+    Pop,
+    item_attributes,
+    make_baseline,
+    rank_scores,
+    run_baseline,
+)
+from kp4sr.data import Dataset, KnowledgeGraph, item_key, leave_one_out
 from kp4sr.errors import ConfigError
 from kp4sr.evaluation import target_ranks
 
@@ -210,3 +218,58 @@ def test_eval_windows_ranks_by_the_mean_probability_over_the_last_windows():
     seen = [ds.sequences[s.user][: s.position] for s in split.test]
     top = rank_scores(model.window_scores([s.history for s in split.test]), seen, 20)
     assert np.array_equal(got, target_ranks(top, np.array([s.target for s in split.test])))
+
+
+def test_item_attributes_keeps_shared_tails_of_the_chosen_relations():
+    """CSR of each item's KG tails: only tails two or more items share, only the relations
+    asked for; an item without any keeps an empty row; unknown relations are refused."""
+    ds = chain_dataset(n_items=4)
+    triples = [
+        (item_key("i0"), "genre", "g:a"),
+        (item_key("i1"), "genre", "g:a"),
+        (item_key("i1"), "genre", "g:b"),  # i1's alone: dropped
+        (item_key("i2"), "director", "d:x"),
+        (item_key("i3"), "director", "d:x"),
+        ("d:x", "director.film", item_key("i2")),  # not an item's tail
+    ]
+    ds.kg = KnowledgeGraph.from_triples(triples, {})
+    offsets, values, n = item_attributes(ds, "all")
+    assert n == 2 and offsets.tolist() == [0, 1, 2, 3, 4]
+    assert values[0] == values[1] != values[2] == values[3]
+    offsets, values, n = item_attributes(ds, "genre")
+    assert n == 1 and offsets.tolist() == [0, 1, 2, 2, 2] and values.tolist() == [0, 0]
+    with pytest.raises(ConfigError, match="unknown relation.*year.*genre"):
+        item_attributes(ds, "genre,year")
+
+
+def test_item_knowledge_lets_sasrec_rank_items_never_seen_as_targets_by_their_kg_group():
+    """Two groups of items, told apart only by the KG; users stay within one group. Two items
+    of each group never occur in training, so their ID vectors learn nothing: with
+    ``item_knowledge`` SASRec still ranks the unseen items of the user's group above those of
+    the other group, as their shared KG tail carries the group; without it, it cannot."""
+    rng = np.random.default_rng(0)
+    groups = {0: list(range(0, 8)), 1: list(range(10, 18))}  # 8, 9 and 18, 19: never seen
+    seqs = [rng.choice(groups[u % 2], size=8) for u in range(120)]
+    names = [f"i{i}" for i in range(20)]
+    ds = Dataset("g", "item", [str(u) for u in range(120)], names, [None] * 20, seqs)
+    ds.kg = KnowledgeGraph.from_triples(
+        [(item_key(f"i{i}"), "genre", f"g:{int(i >= 10)}") for i in range(20)], {}
+    )
+    split = leave_one_out(ds, max_items=3)
+    cfg = BaselineConfig(dim=32, layers=1, dropout=0.0, epochs=15, lr=5e-3, patience=15)
+
+    def unseen_of_own_group_first(knowledge: str) -> float:
+        model = make_baseline("sasrec", 20, 3, replace(cfg, item_knowledge=knowledge), ds)
+        model.fit(ds, split)
+        sc = model.scores([s.history for s in split.test])
+        own = np.array([s.user % 2 for s in split.test])
+        a, b = sc[:, [8, 9]].mean(1), sc[:, [18, 19]].mean(1)
+        return float(np.mean(np.where(own == 0, a > b, b > a)))
+
+    assert unseen_of_own_group_first("genre") > 0.95
+    assert unseen_of_own_group_first("") < 0.8
+
+
+def test_item_knowledge_needs_the_dataset():
+    with pytest.raises(ConfigError, match="needs the dataset"):
+        make_baseline("sasrec", 3, 5, BaselineConfig(item_knowledge="all"))

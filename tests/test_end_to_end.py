@@ -728,3 +728,93 @@ def test_recency_embeddings_mark_each_history_item_by_its_position_from_the_end(
     save_file(state, str(weights), metadata={"format": "pt"})
     with pytest.raises(DataError, match="missing from model.safetensors: kp4sr_recency.weight"):
         KP4SR.from_pretrained(tmp_path / "run")
+
+
+def test_item_knowledge_adds_each_items_kg_vector_to_its_input_and_output_embedding(
+    tmp_path, trained, small_toy
+):
+    """``--item-knowledge``: every item token with shared KG tails gets their mean vector added
+    to its input embedding and its logit gets the matching term; the vectors start at zero (a
+    warm start from a run without them scores exactly as that run), train, save and reload
+    from model/ alone; a run with them cannot start one without; option and model must agree;
+    digit item IDs are refused."""
+    from kp4sr.data import item_attributes
+    from kp4sr.errors import DataError
+    from kp4sr.model import ITEM_KNOWLEDGE
+
+    rec0, out, _ = trained
+    one = {**SMALL, "epochs": 1, "samples_per_epoch": 64}
+    rec = KP4SR.create(Config(**one, item_knowledge="all", init_from=str(out)), small_toy)
+    table = getattr(rec.model, ITEM_KNOWLEDGE)
+    offsets, attrs, n_attrs = item_attributes(small_toy, "all")
+    assert table.weight.shape == (n_attrs, rec.model.config.d_model) and n_attrs > 1
+    assert not table.weight.any()
+    samples = rec.split.test[:8]
+    users, hist = [x.user for x in samples], [x.history for x in samples]
+    np.testing.assert_allclose(rec.item_scores(samples), rec0.item_scores(samples), atol=1e-5)
+    # the pairs: item j's one ID token has exactly item j's attributes
+    tokens = rec.codes.codes[:, 0]
+    for j in range(len(small_toy.items)):
+        mine = table.attrs[table.rows == int(tokens[j])].tolist()
+        assert sorted(mine) == sorted(attrs[offsets[j] : offsets[j + 1]].tolist())
+    # a nonzero vector moves the input embedding and the logit of exactly the items that have it
+    with torch.no_grad():
+        table.weight[0] = 1.0
+        plain = rec.model.get_input_embeddings().weight
+        emb = rec.model.get_input_embeddings()(torch.as_tensor(tokens))
+        has = np.array([0 in attrs[offsets[j] : offsets[j + 1]] for j in range(len(tokens))])
+        moved = (emb - plain[torch.as_tensor(tokens)]).abs().sum(1).numpy() > 0
+        assert has.any() and np.array_equal(moved, has)
+        h = torch.randn(3, rec.model.config.d_model)
+        logits = rec.model.get_output_embeddings()(h)
+        torch.testing.assert_close(logits, h @ (plain + table.vectors()).T)
+        assert not torch.allclose(logits, h @ plain.T)
+        table.weight.zero_()
+    res = fit(rec, tmp_path / "run", progress=False)
+    assert np.isfinite(res["valid"]["NDCG@10"])
+    trained_table = getattr(rec.model, ITEM_KNOWLEDGE).weight.detach().clone()
+    assert trained_table.abs().sum() > 0
+    back = KP4SR.from_pretrained(tmp_path / "run")
+    assert torch.equal(getattr(back.model, ITEM_KNOWLEDGE).weight.detach(), trained_table)
+    np.testing.assert_allclose(back.item_scores(samples), rec.item_scores(samples), atol=1e-5)
+    np.testing.assert_array_equal(back.rank(users, hist).items, rec.rank(users, hist).items)
+    with pytest.raises(DataError, match="has knowledge-aware item embeddings and this run's"):
+        KP4SR.create(Config(**one, init_from=str(tmp_path / "run")), dataset=small_toy)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**saved, "item_knowledge": ""}))
+    with pytest.raises(DataError, match="item_knowledge is '' but the model has"):
+        KP4SR.from_pretrained(tmp_path / "run")
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "run" / "model" / "model.safetensors"
+    state = load_file(str(weights))
+    del state[f"{ITEM_KNOWLEDGE}.rows"]
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(DataError, match="missing from model.safetensors: kp4sr_item_knowledge"):
+        KP4SR.from_pretrained(tmp_path / "run")
+    with pytest.raises(ConfigError, match="--item-knowledge needs --item-tokens single"):
+        KP4SR.create(
+            Config(**{**SMALL, "item_knowledge": "all", "item_tokens": "digits"}), small_toy
+        )
+    with pytest.raises(ConfigError, match="item_knowledge: unknown relation"):
+        KP4SR.create(Config(**{**SMALL, "item_knowledge": "nope"}), small_toy)
+
+
+def test_item_knowledge_lr_sets_the_learning_rate_of_the_knowledge_vectors_only(small_toy):
+    """``item_knowledge_lr``: AdamW gets the knowledge vectors in a group of their own at that
+    multiple of the learning rate; every other weight stays in the first group at the rate."""
+    from kp4sr.model import ITEM_KNOWLEDGE
+    from kp4sr.training import param_groups
+
+    cfg = Config(**{**SMALL, "item_knowledge": "all", "item_knowledge_lr": 20.0, "lr": 1e-3})
+    rec = KP4SR.create(cfg, small_toy)
+    groups = param_groups(rec.model, cfg)
+    table = getattr(rec.model, ITEM_KNOWLEDGE).weight
+    assert len(groups) == 2 and groups[1]["params"] == [table]
+    assert groups[1]["lr"] == pytest.approx(2e-2) and "lr" not in groups[0]
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(
+        p.numel() for p in rec.model.parameters()
+    )
+    plain = KP4SR.create(Config(**SMALL), small_toy)
+    assert len(param_groups(plain.model, plain.config)) == 1

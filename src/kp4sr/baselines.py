@@ -12,6 +12,12 @@ items with the same metrics, so that a comparison table compares models, not pip
   RecSys 2023).
 - ``bert4rec``: a bidirectional encoder trained on the cloze task (Sun et al., CIKM 2019); it
   predicts the item at a ``[mask]`` appended to the history.
+
+``item_knowledge`` (off by default) gives GRU4Rec, SASRec and BERT4Rec the KG as side
+information: an item's vector, in the input and in the tied output layer, becomes its ID
+embedding plus the mean embedding of its 1-hop KG tails (genres, directors, ...). It answers
+whether the knowledge graph carries any next-item signal that a collaborative model can use,
+independently of how KP4SR writes it into prompts.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kp4sr.data import Dataset, Sample, Split, seen_before, seen_mask
+from kp4sr.data import Dataset, Sample, Split, item_attributes, seen_before, seen_mask
 from kp4sr.evaluation import (
     RANKS_FILE,
     WINDOWS,
@@ -56,6 +62,7 @@ class BaselineConfig:
     train_exclude_seen: bool = False  # the training softmax leaves out the user's earlier items
     eval_max_items: int = 0  # ranking reads only the last N history items (0: all), as KP4SR's
     eval_windows: bool = False  # rank by the mean probability over the last 1..N items, as KP4SR's
+    item_knowledge: str = ""  # KG relations whose tails join an item's vector ("all"; "": off)
     seed: int = 0
     device: str = "cpu"
 
@@ -147,11 +154,24 @@ class Pop(Baseline):
 class _SequenceNet(nn.Module):
     """Embeds a left-padded history [B, T] (0 = padding, items are 1..n) and returns [B, d]."""
 
-    def __init__(self, kind: str, n_items: int, max_items: int, cfg: BaselineConfig):
+    def __init__(
+        self,
+        kind: str,
+        n_items: int,
+        max_items: int,
+        cfg: BaselineConfig,
+        attributes: tuple[np.ndarray, np.ndarray, int] | None = None,
+    ):
         super().__init__()
         self.kind = kind
         d = cfg.dim
         self.item = nn.Embedding(n_items + 2, d, padding_idx=0)  # n+1 is BERT4Rec's [mask]
+        self.attr: nn.EmbeddingBag | None = None
+        if attributes is not None:  # item_knowledge: ID vector + mean of the item's KG tails
+            offsets, values, n_attr = attributes
+            self.attr = nn.EmbeddingBag(max(1, n_attr), d, mode="mean")  # N(0, 1), as self.item
+            self.register_buffer("attr_values", torch.from_numpy(values), persistent=False)
+            self.register_buffer("attr_offsets", torch.from_numpy(offsets[:-1]), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         if kind == "gru4rec":
             between = cfg.dropout if cfg.layers > 1 else 0.0  # dropout between GRU layers
@@ -171,9 +191,18 @@ class _SequenceNet(nn.Module):
             self.norm = nn.LayerNorm(d)
         self.out_bias = nn.Parameter(torch.zeros(n_items + 2))
 
+    def item_vectors(self) -> torch.Tensor:
+        """[n_items + 2, d]: the ID embeddings, plus (``item_knowledge``) each item's mean KG
+        tail embedding; an item without tails (and padding, [mask]) keeps its ID vector."""
+        if self.attr is None:
+            return self.item.weight
+        tails = self.attr(self.attr_values, self.attr_offsets)  # [n_items, d], 0 without tails
+        pad = tails.new_zeros(1, tails.shape[1])
+        return self.item.weight + torch.cat([pad, tails, pad])
+
     def hidden(self, seq: torch.Tensor) -> torch.Tensor:
         """[B, T] ids -> [B, T, d] hidden states."""
-        x = self.drop(self.item(seq))  # [B, T, d]
+        x = self.drop(nn.functional.embedding(seq, self.item_vectors(), padding_idx=0))
         if self.kind == "gru4rec":
             return self.gru(x)[0]
         t = seq.shape[1]
@@ -194,17 +223,25 @@ class _SequenceNet(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """[..., d] -> [..., n_items + 2] by the tied item embeddings."""
-        return h @ self.item.weight.T + self.out_bias
+        return h @ self.item_vectors().T + self.out_bias
 
 
 class NeuralBaseline(Baseline):
     """GRU4Rec, SASRec or BERT4Rec with full softmax cross-entropy and early stopping."""
 
-    def __init__(self, kind: str, n_items: int, max_items: int, config: BaselineConfig):
+    def __init__(
+        self,
+        kind: str,
+        n_items: int,
+        max_items: int,
+        config: BaselineConfig,
+        attributes: tuple[np.ndarray, np.ndarray, int] | None = None,
+    ):
         super().__init__(n_items, max_items, config)
         self.name = kind
         torch.manual_seed(config.seed)
-        self.net = _SequenceNet(kind, n_items, max_items, config).to(config.device)
+        net = _SequenceNet(kind, n_items, max_items, config, attributes)
+        self.net = net.to(config.device)
         self.mask_id = n_items + 1
 
     def _pad(self, histories: list[np.ndarray], extra: int = 0) -> torch.Tensor:
@@ -309,13 +346,25 @@ class NeuralBaseline(Baseline):
         return {"epochs": len(log), "best_epoch": best_epoch, "log": log}
 
 
-def make_baseline(name: str, n_items: int, max_items: int, config: BaselineConfig) -> Baseline:
+def make_baseline(
+    name: str,
+    n_items: int,
+    max_items: int,
+    config: BaselineConfig,
+    dataset: Dataset | None = None,
+) -> Baseline:
+    """The baseline ``name``; ``dataset`` supplies the KG when ``config.item_knowledge`` is set."""
+    from kp4sr.errors import ConfigError
+
     if name == "pop":
         return Pop(n_items, max_items, config)
     if name in ("gru4rec", "sasrec", "bert4rec"):
-        return NeuralBaseline(name, n_items, max_items, config)
-    from kp4sr.errors import ConfigError
-
+        attributes = None
+        if config.item_knowledge:
+            if dataset is None:
+                raise ConfigError("item_knowledge needs the dataset (its knowledge graph)")
+            attributes = item_attributes(dataset, config.item_knowledge)
+        return NeuralBaseline(name, n_items, max_items, config, attributes)
     raise ConfigError(f"unknown baseline {name!r}: expected one of {', '.join(BASELINES)}")
 
 
@@ -334,7 +383,7 @@ def run_baseline(
     ``tune_recent``: then rank from the last k history items or their window mixture, as
     chosen on validation (:func:`~kp4sr.evaluation.choose_recent`), as ``kp4sr benchmark
     --tune-eval-max-items`` does for every model."""
-    model = make_baseline(name, len(dataset.items), max_items, config)
+    model = make_baseline(name, len(dataset.items), max_items, config, dataset)
     t0 = time.perf_counter()
     info = model.fit(dataset, split, progress)
     seconds = time.perf_counter() - t0

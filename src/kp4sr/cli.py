@@ -42,6 +42,9 @@ OPTION_HELP: dict[str, str] = {
     "items, k uniform in 1..--max-items (every context length, as SASRec trains)",
     "recency_embeddings": "add a learned embedding of each history item's position from the "
     "end (1 = most recent) to its ID tokens, so the encoder reads the order (default off)",
+    "item_knowledge": "KG relations (comma-separated, or 'all') whose tails that several items "
+    "share join each item's input and output embedding (single-token IDs; default: none)",
+    "item_knowledge_lr": "learning rate of the --item-knowledge vectors, times --lr (default 1)",
     "user_ids": "write 'new' instead of the user's ID in every prompt (no per-user token)",
     "item_index": "item ID numbering: random (default) | sequential (P5's, leaks order)",
     "item_tokens": "item ID tokens: single (one token per item, default) | digits (one per digit)",

@@ -230,6 +230,46 @@ class Split:
         return [self.train[int(k)] for k in last]
 
 
+def item_attributes(dataset: Dataset, relations: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each item's 1-hop KG tails as attribute numbers, in CSR form (``offsets`` [n_items + 1],
+    ``values``), and the number of attributes.
+
+    ``relations``: comma-separated relation names, or ``all``. Only tails that at least two
+    items share become attributes: a tail of one item alone says nothing that item's own ID
+    embedding cannot, and would only add parameters. An unknown relation is a ConfigError."""
+    kg = dataset.kg
+    wanted = (
+        kg.relations
+        if relations == "all"
+        else [r.strip() for r in relations.split(",") if r.strip()]
+    )
+    unknown = sorted(set(wanted) - set(kg.relations))
+    if unknown or not wanted:
+        raise ConfigError(
+            f"item_knowledge: unknown relation(s) {', '.join(unknown) or '(none given)'}; "
+            f"the dataset's KG has: {', '.join(kg.relations) or 'no relations'}"
+        )
+    rel_ok = np.isin(np.arange(len(kg.relations)), [kg.relations.index(r) for r in wanted])
+    ent_item = np.full(len(kg.entities), -1, dtype=np.int64)
+    index = {e: k for k, e in enumerate(kg.entities)}
+    for j, raw in enumerate(dataset.items):
+        e = index.get(item_key(raw))
+        if e is not None:
+            ent_item[e] = j
+    heads = ent_item[kg.heads]
+    keep = rel_ok[kg.rels] & (heads >= 0)
+    items, tails = heads[keep], kg.tails[keep]
+    pairs = np.unique(np.stack([items, tails], axis=1), axis=0) if len(items) else np.zeros((0, 2))
+    items, tails = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
+    shared = np.bincount(tails, minlength=len(kg.entities)) >= 2
+    items, tails = items[shared[tails]], tails[shared[tails]]
+    _, attr = np.unique(tails, return_inverse=True)
+    order = np.argsort(items, kind="stable")
+    counts = np.bincount(items, minlength=len(dataset.items))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return offsets, attr[order].astype(np.int64), int(attr.max(initial=-1)) + 1
+
+
 MIN_INTERACTIONS = 3
 
 

@@ -26,6 +26,7 @@ from kp4sr.data import (
     KnowledgeGraph,
     Sample,
     Split,
+    item_attributes,
     leave_one_out,
     load_saved_dataset,
     save_dataset,
@@ -43,9 +44,11 @@ from kp4sr.errors import ConfigError, DataError
 from kp4sr.evaluation import metrics, target_ranks
 from kp4sr.model import (
     CROSS_ATTENTION,
+    ITEM_KNOWLEDGE,
     PRECISIONS,
     RECENCY,
     TREE_BLOCKS,
+    add_item_knowledge,
     add_recency,
     build_model,
     check_backbone,
@@ -105,6 +108,9 @@ class Config:
     # k drawn uniformly from 1..max_items (SASRec's causal loss trains on every context length)
     recency_embeddings: bool = False  # a learned embedding of each history item's position
     # from the end, added to its ID tokens (T5 alone ignores the order: research log, try 37)
+    item_knowledge: str = ""  # KG relations ("all", or A,B) whose shared tails join each item
+    # token's input and output embedding (knowledge-aware item embeddings; "": off)
+    item_knowledge_lr: float = 1.0  # their learning rate, as a multiple of lr
     user_ids: bool = True  # False: every MPP names no user (no per-user token to memorise)
     item_index: str = "random"  # random | sequential (P5's leaky order of appearance)
     item_tokens: str = "single"  # single: one token per item | digits: one token per digit
@@ -276,6 +282,14 @@ class KP4SR:
             dataset = load_dataset(
                 config.dataset, config.data_dir, data_options(config), seed=config.seed
             )
+        attributes = None  # from the whole KG: --relations picks what the prompts write
+        if config.item_knowledge:
+            if config.item_tokens != "single":
+                raise ConfigError(
+                    "--item-knowledge needs --item-tokens single: the KG's vectors join each "
+                    "item's one ID token"
+                )
+            attributes = item_attributes(dataset, config.item_knowledge)
         if config.relations:
             dataset = dataclasses.replace(dataset, kg=keep_relations(dataset.kg, config.relations))
         overrides = dict(dataset.templates)  # templates the dataset ships, under the user's
@@ -319,6 +333,11 @@ class KP4SR:
         )
         if config.recency_embeddings:
             add_recency(model, config.max_items)
+        if attributes is not None:
+            offsets, attrs, n_attrs = attributes
+            tokens = np.asarray(tokenizer.convert_tokens_to_ids(texts), dtype=np.int64)
+            rows = np.repeat(tokens, np.diff(offsets))
+            add_item_knowledge(model, torch.from_numpy(rows), torch.from_numpy(attrs), n_attrs)
         if config.init_from:
             from kp4sr.runfolder import warm_start
 
@@ -382,6 +401,13 @@ class KP4SR:
                 config_path,
             )
         model = rf.load_t5(folder / "model", len(tokenizer), is_preset(config.backbone))
+        if bool(config.item_knowledge) != hasattr(model, ITEM_KNOWLEDGE):
+            raise DataError(
+                f"item_knowledge is {config.item_knowledge!r} but the model "
+                + ("lacks" if config.item_knowledge else "has")
+                + " knowledge-aware item embeddings: config.json and model/ do not match",
+                config_path,
+            )
         if config.recency_embeddings != hasattr(model, RECENCY):
             raise DataError(
                 f"recency_embeddings is {str(config.recency_embeddings).lower()} but the model "

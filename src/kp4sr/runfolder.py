@@ -228,7 +228,7 @@ def load_t5(model_dir: Path, vocab_size: int, exact: bool) -> Any:
         raise DataError(f"cannot load the model ({_first_line(e)})", model_dir) from None
     finally:
         hf_log.removeFilter(quiet)
-    recency = _load_recency(model, weights)
+    recency = _load_recency(model, weights) | _load_item_knowledge(model, weights)
     for key, what in (
         ("missing_keys", "weights missing from model.safetensors"),
         ("unexpected_keys", "weights in model.safetensors that config.json has no place for"),
@@ -256,9 +256,10 @@ class _NoRecencyReport(logging.Filter):
     table itself and names every other unexpected or missing weight in its own error."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from kp4sr.model import RECENCY
+        from kp4sr.model import ITEM_KNOWLEDGE, RECENCY
 
-        return RECENCY not in record.getMessage()
+        message = record.getMessage()
+        return RECENCY not in message and ITEM_KNOWLEDGE not in message
 
 
 def _load_recency(model: Any, weights: Path) -> set[str]:
@@ -288,6 +289,48 @@ def _load_recency(model: Any, weights: Path) -> set[str]:
     with torch.no_grad():
         mine.copy_(table)
     return {key}
+
+
+def _load_item_knowledge(model: Any, weights: Path) -> set[str]:
+    """Attach saved knowledge-aware item embeddings (``--item-knowledge``): the attribute
+    vectors and the (token, attribute) pairs, both in model.safetensors; returns their names."""
+    import torch
+    from safetensors import safe_open
+
+    from kp4sr.model import ITEM_KNOWLEDGE, add_item_knowledge
+
+    n_attrs = getattr(model.config, "kp4sr_item_knowledge", None)
+    if n_attrs is None:
+        return set()
+    if not _is_int(n_attrs) or n_attrs < 1:
+        raise DataError(
+            f"kp4sr_item_knowledge is {n_attrs!r}: expected a positive integer", weights
+        )
+    keys = {k: f"{ITEM_KNOWLEDGE}.{k}" for k in ("weight", "rows", "attrs")}
+    with safe_open(str(weights), framework="pt") as f:
+        missing = [key for key in keys.values() if key not in f.keys()]
+        if missing:
+            raise DataError(
+                f"weights missing from model.safetensors: {', '.join(missing)}", weights
+            )
+        got = {k: f.get_tensor(key) for k, key in keys.items()}
+    vocab = model.get_input_embeddings().num_embeddings
+    rows, attrs = got["rows"].long(), got["attrs"].long()
+    bad = (
+        got["weight"].shape != (n_attrs, model.config.d_model)
+        or rows.shape != attrs.shape
+        or rows.ndim != 1
+        or (len(rows) and (rows.min() < 0 or rows.max() >= vocab))
+        or (len(attrs) and (attrs.min() < 0 or attrs.max() >= n_attrs))
+    )
+    if bad:
+        raise DataError(
+            f"{ITEM_KNOWLEDGE}: its weight, rows and attrs do not fit config.json", weights
+        )
+    add_item_knowledge(model, rows, attrs, int(n_attrs))
+    with torch.no_grad():
+        getattr(model, ITEM_KNOWLEDGE).weight.copy_(got["weight"])
+    return set(keys.values())
 
 
 def _weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
@@ -393,7 +436,7 @@ def warm_start(model: Any, tokenizer: Any, folder: Path) -> None:
             + " and this run's is not (--tie-embeddings must match)",
             folder / "model",
         )
-    from kp4sr.model import RECENCY
+    from kp4sr.model import ITEM_KNOWLEDGE, RECENCY
 
     theirs_state, mine = source.state_dict(), model.state_dict()
     recency = f"{RECENCY}.weight"
@@ -406,6 +449,16 @@ def warm_start(model: Any, tokenizer: Any, folder: Path) -> None:
     if recency in mine and recency not in theirs_state:
         # a model without them starts one that has them: they start at zero, as built
         theirs_state = {**theirs_state, recency: mine[recency]}
+    knowledge = {k for k in mine if k.startswith(f"{ITEM_KNOWLEDGE}.")}
+    if any(k.startswith(f"{ITEM_KNOWLEDGE}.") for k in theirs_state) and not knowledge:
+        raise DataError(
+            "--init-from: its model has knowledge-aware item embeddings and this run's has "
+            "none (add --item-knowledge)",
+            folder / "model",
+        )
+    if knowledge and not knowledge & set(theirs_state):
+        # as the recency table: built at zero, so the run starts exactly as the earlier one
+        theirs_state = {**theirs_state, **{k: mine[k] for k in knowledge}}
     for key, value in mine.items():
         shape = tuple(value.shape)
         found = tuple(theirs_state[key].shape) if key in theirs_state else None
