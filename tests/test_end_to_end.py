@@ -765,6 +765,9 @@ def test_item_knowledge_adds_each_items_kg_vector_to_its_input_and_output_embedd
         has = np.array([0 in attrs[offsets[j] : offsets[j + 1]] for j in range(len(tokens))])
         moved = (emb - plain[torch.as_tensor(tokens)]).abs().sum(1).numpy() > 0
         assert has.any() and np.array_equal(moved, has)
+        for stack in (rec.model.get_encoder(), rec.model.get_decoder()):  # what each stack reads
+            got = stack.get_input_embeddings()(torch.as_tensor(tokens))
+            torch.testing.assert_close(got, emb)
         h = torch.randn(3, rec.model.config.d_model)
         logits = rec.model.get_output_embeddings()(h)
         torch.testing.assert_close(logits, h @ (plain + table.vectors()).T)

@@ -414,7 +414,15 @@ def add_item_knowledge(
         h = inputs[0]
         return out + h @ table.vectors().to(h.dtype).T
 
-    model.get_input_embeddings().register_forward_hook(embed_hook)
+    # T5's encoder and decoder hold embedding modules of their own (sharing the weight), so
+    # each gets the hook: on ``model.shared`` alone it would reach neither stack's input
+    inputs = [model.get_input_embeddings()]
+    inputs += [
+        model.get_encoder().get_input_embeddings(),
+        model.get_decoder().get_input_embeddings(),
+    ]
+    for module in {id(m): m for m in inputs}.values():
+        module.register_forward_hook(embed_hook)
     model.get_output_embeddings().register_forward_hook(head_hook)
     return model
 
