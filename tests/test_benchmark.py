@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kp4sr.benchmark import MODELS, machine, summary_table
+from kp4sr.benchmark import default_models, machine, summary_table
 from kp4sr.cli import main
+from kp4sr.errors import ConfigError
 from kp4sr.evaluation import metrics
 
 
@@ -17,14 +18,15 @@ def test_quick_benchmark_on_toy(tmp_path, capsys):
     out = tmp_path / "bench"
     assert main(["benchmark", "--dataset", "toy", "--out", str(out), "--quick", "--quiet"]) == 0
     rows = json.loads((out / "results.json").read_text())
-    assert [r["model"] for r in rows] == list(MODELS)
+    assert [r["model"] for r in rows] == list(default_models(""))
+    assert "kp4sr-no-prompts" not in [r["model"] for r in rows]  # only with --item-knowledge
     for r in rows:
         assert r["seed"] == 0 and r["users"] == 300
         assert {"HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR", "train_seconds"} <= set(r)
         assert 0.0 <= r["NDCG@10"] <= r["HR@10"] <= 1.0
     assert (out / "results.png").stat().st_size > 1000
     md = (out / "results.md").read_text()
-    assert all(f"| {m} |" in md for m in MODELS)
+    assert all(f"| {m} |" in md for m in default_models(""))
     printed = capsys.readouterr().out
     assert "| kp4sr |" in printed
     # every model's run keeps its validation curve: the baselines' per-epoch log, KP4SR's metrics
@@ -42,6 +44,36 @@ def test_quick_benchmark_on_toy(tmp_path, capsys):
     compare = _load_script("compare.py").main
     a, b = out / "sasrec-seed0", out / "pop-seed0"
     assert compare([str(a), str(b), "--json", "--draws", "200"]) == 0
+
+
+def test_benchmark_with_item_knowledge(tmp_path):
+    """``--item-knowledge``: the neural baselines and KP4SR get the KG vectors, the row
+    ``kp4sr-no-prompts`` has them without knowledge prompts, and ``kp4sr-no-knowledge`` stays
+    free of the KG (it measures what the knowledge adds at all); the no-prompts row without the
+    vectors is refused, as it would repeat kp4sr-no-knowledge."""
+    from kp4sr.benchmark import run_benchmark
+    from kp4sr.recommender import Config
+    from kp4sr.toy import generate
+
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--dataset", "toy", "--out", str(out), "--quick", "--quiet"]
+    models = "sasrec,kp4sr-no-knowledge,kp4sr-no-prompts"
+    assert main([*argv, "--models", models, "--item-knowledge", "all"]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["model"] for r in rows] == models.split(",")
+    saved = json.loads((out / "sasrec-seed0" / "sasrec.json").read_text())
+    assert saved["config"]["item_knowledge"] == "all"
+    config = {
+        m: json.loads((out / f"{m}-seed0" / "config.json").read_text())
+        for m in ("kp4sr-no-knowledge", "kp4sr-no-prompts")
+    }
+    assert config["kp4sr-no-knowledge"]["item_knowledge"] == ""
+    assert not config["kp4sr-no-knowledge"]["knowledge"]
+    assert config["kp4sr-no-prompts"]["item_knowledge"] == "all"
+    assert not config["kp4sr-no-prompts"]["knowledge"]
+    assert "kp4sr-no-prompts" in default_models("all")
+    with pytest.raises(ConfigError, match="needs --item-knowledge"):
+        run_benchmark(generate(), Config(), tmp_path / "x", models=("kp4sr-no-prompts",))
 
 
 def test_benchmark_tunes_eval_max_items_on_validation_for_every_model(tmp_path, capsys):

@@ -2,6 +2,10 @@
 
 Rows: ``pop``, ``gru4rec``, ``sasrec``, ``bert4rec`` (see :mod:`kp4sr.baselines`),
 ``kp4sr-no-knowledge`` (MPP only, the P5-style model), ``kp4sr-no-tree-mask`` and ``kp4sr``.
+With ``item_knowledge`` (``--item-knowledge``) every model but ``pop`` and
+``kp4sr-no-knowledge`` gets the KG in its item vectors, and the row ``kp4sr-no-prompts`` (the
+vectors without knowledge prompts) shows what the prompts add on top of them;
+``kp4sr-no-knowledge`` stays free of the KG, so that it measures what the knowledge adds at all.
 Writes ``OUT/results.json`` (one object per model and seed: ``model``, ``seed``, the test metrics
 with the keys of ``kp4sr evaluate --json``, ``train_seconds`` and the validation metrics),
 ``OUT/results.md`` (mean ± std over seeds) and ``OUT/results.png`` (a bar chart).
@@ -25,11 +29,20 @@ from kp4sr.evaluation import RANKS_FILE, choose_recent, metrics, ranks_json
 from kp4sr.recommender import KP4SR, Config
 
 KP4SR_VARIANTS = {
-    "kp4sr-no-knowledge": {"knowledge": False},
+    "kp4sr-no-knowledge": {"knowledge": False, "item_knowledge": ""},
+    "kp4sr-no-prompts": {"knowledge": False},  # only with item_knowledge: the vectors alone
     "kp4sr-no-tree-mask": {"tree_mask": False},
     "kp4sr": {},
 }
 MODELS = (*BASELINES, *KP4SR_VARIANTS)
+
+
+def default_models(item_knowledge: str) -> tuple[str, ...]:
+    """Every model; ``kp4sr-no-prompts`` only when the KG is in the item vectors (without
+    them it would be ``kp4sr-no-knowledge`` again)."""
+    return tuple(m for m in MODELS if item_knowledge or m != "kp4sr-no-prompts")
+
+
 SHOWN = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR")
 
 # what a 2-core CPU affords: ``quick`` for a smoke run on toy, the other for ML-100k-sized data
@@ -43,7 +56,7 @@ def run_benchmark(
     out: Path,
     seeds: int = 1,
     quick: bool = False,
-    models: tuple[str, ...] = MODELS,
+    models: tuple[str, ...] | None = None,
     progress: bool = True,
     tune_recent: bool = False,
 ) -> list[dict[str, Any]]:
@@ -51,7 +64,13 @@ def run_benchmark(
 
     ``tune_recent``: every model, baselines included, then ranks from its last k history items
     or their window mixture, as its own validation NDCG@10 prefers (``eval_max_items`` in each
-    row: k or ``"windows"``)."""
+    row: k or ``"windows"``). ``models``: default :func:`default_models`."""
+    models = default_models(base.item_knowledge) if models is None else models
+    if "kp4sr-no-prompts" in models and not base.item_knowledge:
+        raise ConfigError(
+            "kp4sr-no-prompts needs --item-knowledge: without the KG vectors it is "
+            "kp4sr-no-knowledge"
+        )
     unknown = set(models) - set(MODELS)
     if unknown:
         raise ConfigError(f"unknown model(s) {', '.join(sorted(unknown))}: expected {MODELS}")
@@ -67,6 +86,7 @@ def run_benchmark(
                 cfg = BaselineConfig(
                     seed=seed,
                     train_exclude_seen=base.train_exclude_seen,
+                    item_knowledge=base.item_knowledge,
                     **({"epochs": 3} if quick else {}),
                 )
                 # DIR/<model>-seed<S>/<model>.json keeps the per-epoch validation curve

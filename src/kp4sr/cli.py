@@ -321,15 +321,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# training options `kp4sr benchmark` passes on (the KG ones reach the baselines too)
+BENCHMARK_OPTIONS = ("train_exclude_seen", "item_knowledge", "item_knowledge_lr")
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from kp4sr.benchmark import FULL, MODELS, run_benchmark, summary_table
+    from kp4sr.benchmark import FULL, run_benchmark, summary_table
     from kp4sr.data import load_dataset
     from kp4sr.recommender import Config, data_options
 
     fields = {k: getattr(args, k) for k in DATA_FIELDS}
-    cfg = Config(**fields, **FULL, train_exclude_seen=args.train_exclude_seen)
+    options = {k: getattr(args, k) for k in BENCHMARK_OPTIONS}
+    cfg = Config(**fields, **FULL, **options)
     ds = load_dataset(cfg.dataset, cfg.data_dir, data_options(cfg), seed=cfg.seed)
-    models = tuple(args.models.split(",")) if args.models else MODELS
+    models = tuple(args.models.split(",")) if args.models else None
     rows = run_benchmark(
         ds,
         cfg,
@@ -429,7 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=int, default=1, help="seeds S..S+N-1 per model, S from --seed (default 1)"
     )
     b.add_argument("--quick", action="store_true", help="a smoke run: a minute or two on toy")
-    b.add_argument("--models", default=None, help="comma-separated subset (default: all)")
+    b.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated subset (default: all; kp4sr-no-prompts only with --item-knowledge)",
+    )
     b.add_argument("-q", "--quiet", action="store_true")
     b.add_argument(
         "--tune-eval-max-items",
@@ -437,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="every model ranks from its last k history items or their window mixture, "
         "chosen on its validation NDCG@10 (eval_max_items in results.json)",
     )
-    _add_config_options(b, [*DATA_FIELDS, "train_exclude_seen"])
+    _add_config_options(b, [*DATA_FIELDS, *BENCHMARK_OPTIONS])
     b.set_defaults(func=cmd_benchmark)
 
     ex = sub.add_parser("export", help="write a dataset and its exact split for another tool")
