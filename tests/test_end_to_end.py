@@ -536,6 +536,29 @@ def test_evaluate_on_train_ranks_each_users_last_training_target(trained, capsys
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["users"] == len(train)
 
 
+def _assert_reload_refused(run, option: tuple[str, object, str], weight: tuple[str, str]) -> None:
+    """A run folder is refused, with a named error, when config.json's ``option`` (field,
+    value, message) disagrees with the model, and when ``weight`` (key, message) is missing
+    from model.safetensors. The folder's config is restored between the two; its weights not."""
+    from safetensors.torch import load_file, save_file
+
+    from kp4sr.errors import DataError
+
+    field, value, message = option
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, field: value}))
+    with pytest.raises(DataError, match=message):
+        KP4SR.from_pretrained(run)
+    (run / "config.json").write_text(json.dumps(saved))
+    key, message = weight
+    weights = run / "model" / "model.safetensors"
+    state = load_file(str(weights))
+    del state[key]
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(DataError, match=message):
+        KP4SR.from_pretrained(run)
+
+
 def _prompt_items(rec: KP4SR, batch, row: int) -> list[int]:
     """The items a batch row's MPP names, oldest first (from the item nodes' tokens)."""
     first = {int(t): i for i, t in enumerate(rec.codes.codes[:, 0])}
@@ -711,23 +734,13 @@ def test_recency_embeddings_mark_each_history_item_by_its_position_from_the_end(
     assert (with_table - without).abs().max() > 1e-3
     with pytest.raises(DataError, match="has recency embeddings and this run's has none"):
         KP4SR.create(Config(**one, init_from=str(tmp_path / "run")), dataset=small_toy)
-    # a run folder whose options and model disagree about the table is refused, named
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    (tmp_path / "run" / "config.json").write_text(
-        json.dumps({**saved, "recency_embeddings": False})
+    # a run folder whose options and model disagree about the table is refused, named; so is
+    # one whose model config names the table but whose weights lack it
+    _assert_reload_refused(
+        tmp_path / "run",
+        ("recency_embeddings", False, "recency_embeddings is false but the model has"),
+        (f"{RECENCY}.weight", "missing from model.safetensors: kp4sr_recency.weight"),
     )
-    with pytest.raises(DataError, match="recency_embeddings is false but the model has"):
-        KP4SR.from_pretrained(tmp_path / "run")
-    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
-    # one whose model config names the table but whose weights lack it, too
-    from safetensors.torch import load_file, save_file
-
-    weights = tmp_path / "run" / "model" / "model.safetensors"
-    state = load_file(str(weights))
-    del state[f"{RECENCY}.weight"]
-    save_file(state, str(weights), metadata={"format": "pt"})
-    with pytest.raises(DataError, match="missing from model.safetensors: kp4sr_recency.weight"):
-        KP4SR.from_pretrained(tmp_path / "run")
 
 
 def test_item_knowledge_adds_each_items_kg_vector_to_its_input_and_output_embedding(
@@ -783,19 +796,11 @@ def test_item_knowledge_adds_each_items_kg_vector_to_its_input_and_output_embedd
     np.testing.assert_array_equal(back.rank(users, hist).items, rec.rank(users, hist).items)
     with pytest.raises(DataError, match="has knowledge-aware item embeddings and this run's"):
         KP4SR.create(Config(**one, init_from=str(tmp_path / "run")), dataset=small_toy)
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    (tmp_path / "run" / "config.json").write_text(json.dumps({**saved, "item_knowledge": ""}))
-    with pytest.raises(DataError, match="item_knowledge is '' but the model has"):
-        KP4SR.from_pretrained(tmp_path / "run")
-    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
-    from safetensors.torch import load_file, save_file
-
-    weights = tmp_path / "run" / "model" / "model.safetensors"
-    state = load_file(str(weights))
-    del state[f"{ITEM_KNOWLEDGE}.rows"]
-    save_file(state, str(weights), metadata={"format": "pt"})
-    with pytest.raises(DataError, match="missing from model.safetensors: kp4sr_item_knowledge"):
-        KP4SR.from_pretrained(tmp_path / "run")
+    _assert_reload_refused(
+        tmp_path / "run",
+        ("item_knowledge", "", "item_knowledge is '' but the model has"),
+        (f"{ITEM_KNOWLEDGE}.rows", "missing from model.safetensors: kp4sr_item_knowledge"),
+    )
     with pytest.raises(ConfigError, match="--item-knowledge needs --item-tokens single"):
         KP4SR.create(
             Config(**{**SMALL, "item_knowledge": "all", "item_tokens": "digits"}), small_toy
