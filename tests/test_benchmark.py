@@ -148,6 +148,46 @@ def test_paired_comparison_of_per_user_ranks(tmp_path, capsys):
     assert res["NDCG@10"]["diff"] == pytest.approx(mean_a - metrics(ranks)["NDCG@10"])
 
 
+def test_standing_table_of_seeds_against_one_reference(tmp_path, capsys):
+    """benchmarks/standing.py: a row's score is the mean over its seeds, its difference to the
+    reference is the pooled paired one (large and significant for a clearly better model, zero
+    for the reference itself), and unknown references or runs of other users are refused."""
+    standing = _load_script("standing.py")
+    rng = np.random.default_rng(1)
+    users = [f"u{k}" for k in range(400)]
+    base = {s: rng.integers(-1, 30, size=400) for s in ("valid", "test")}
+
+    def write(name: str, ranks: dict[str, np.ndarray], who: list[str] = users) -> str:
+        path = tmp_path / f"{name}.json"
+        splits = {s: {"users": who, "ranks": r[: len(who)].tolist()} for s, r in ranks.items()}
+        path.write_text(json.dumps(splits))
+        return str(path)
+
+    better = {s: np.where(rng.random(400) < 0.4, 0, r) for s, r in base.items()}
+    ref = write("ref", base)
+    good = [write("good0", better), write("good1", base)]
+    out = tmp_path / "out"
+    args = [f"ref={ref}", f"good={','.join(good)}", "--against", "ref", "--draws", "500"]
+    assert standing.main([*args, "--out", str(out)]) == 0
+    rows = json.loads((out / "standing.json").read_text())["rows"]
+    ref_row, good_row = rows
+    assert ref_row["test diff"] == 0 and ref_row["test NDCG@10 std"] is None
+    mean = (metrics(better["test"])["NDCG@10"] + metrics(base["test"])["NDCG@10"]) / 2
+    assert good_row["test NDCG@10"] == pytest.approx(mean)
+    assert good_row["test diff"] == pytest.approx(mean - metrics(base["test"])["NDCG@10"])
+    assert good_row["test diff"] > 0.05 and good_row["test p"] < 0.01
+    assert good_row["seeds"] == 2 and good_row["test NDCG@10 std"] > 0
+    table = (out / "standing.md").read_text()
+    assert "| ref | 1 |" in table and "| good | 2 |" in table and "test − ref (p)" in table
+    assert table in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not one of the models"):
+        standing.main([f"ref={ref}", "--against", "sasrec"])
+    with pytest.raises(SystemExit, match="other users"):
+        standing.main([f"ref={ref}", f"few={write('few', base, users[:-1])}", "--against", "ref"])
+    with pytest.raises(SystemExit, match="NAME=RUN"):
+        standing.main(["ref", "--against", "ref"])
+
+
 def test_metric_by_target_popularity():
     """benchmarks/popularity.py: quantile groups by training count, and a model that only ever
     finds popular targets scores in the top group alone; a user without a rank is refused."""
@@ -309,7 +349,7 @@ def test_benchmark_scripts_run(tmp_path):
     root = Path(__file__).resolve().parents[1] / "benchmarks"
     scripts = ("ml100k.py", "baselines.py", "determinism.py", "merge_results.py", "precision.py")
     more = ("curves.py", "prompt_stats.py", "compare.py", "popularity.py", "logit_adjust.py")
-    more = (*more, "recent_items.py", "history_order.py")
+    more = (*more, "recent_items.py", "history_order.py", "standing.py")
     for script in (*scripts, *more):
         done = subprocess.run([sys.executable, str(root / script), "--help"], capture_output=True)
         assert done.returncode == 0, done.stderr.decode()
