@@ -188,6 +188,21 @@ def test_standing_table_of_seeds_against_one_reference(tmp_path, capsys):
         standing.main(["ref", "--against", "ref"])
 
 
+def test_ml100k_standing_script_names_committed_rank_files():
+    """benchmarks/ml100k_standing.sh builds the README's table from rank files in the repository:
+    every run it names must be committed, so the table stays one command away."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "benchmarks" / "ml100k_standing.sh").read_text()
+    runs = re.findall(r"ml100k-try\d+-[\w-]+", script)
+    assert len(runs) >= 15
+    missing = [
+        r for r in runs if not (root / "benchmarks" / "results" / r / "ranks.json").is_file()
+    ]
+    assert not missing, missing
+
+
 def test_metric_by_target_popularity():
     """benchmarks/popularity.py: quantile groups by training count, and a model that only ever
     finds popular targets scores in the top group alone; a user without a rank is refused."""
