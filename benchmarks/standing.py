@@ -71,6 +71,9 @@ def standing(
                 float(per_seed.std(ddof=1)) if len(per_seed) > 1 else None
             )
         for split in SPLITS:
+            if name == against:  # no test against itself
+                row[f"{split} diff"], row[f"{split} p"] = 0.0, 1.0
+                continue
             a, b = (per_user(ranks[m][split], "NDCG@10").mean(axis=0) for m in (name, against))
             res = paired(a, b, draws, seed)
             row[f"{split} diff"], row[f"{split} p"] = float(res["diff"]), float(res["p"])
