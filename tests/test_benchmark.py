@@ -212,15 +212,61 @@ def test_metric_by_target_popularity():
     assert np.bincount(groups).tolist() == [25, 25, 25, 25] and edges[[0, -1]].tolist() == [0, 99]
     assert groups[0] == 0 and groups[-1] == 3 and np.all(np.diff(groups) >= 0)
     keys = {f"u{k}": float(k) for k in range(100)}  # user u<k>'s target has count k
+    users = sorted(keys)
+    groups, labels = pop.quantile_groups(keys, users, 4)
     popular_only = {f"u{k}": (0 if k >= 75 else -1) for k in range(100)}
-    table = pop.table({"m": [popular_only]}, keys, "HR@10", 4)
+    table = pop.table({"m": [popular_only]}, users, groups, labels, "HR@10")
     assert "| m | 0.2500 | 0.0000 | 0.0000 | 0.0000 | 1.0000 |" in table
     # two seeds: each user scores the mean of the two runs
     half = {f"u{k}": (0 if k >= 50 else -1) for k in range(100)}
-    table = pop.table({"m": [popular_only, half]}, keys, "HR@10", 4)
+    table = pop.table({"m": [popular_only, half]}, users, groups, labels, "HR@10")
     assert "| m | 0.3750 | 0.0000 | 0.0000 | 0.5000 | 1.0000 |" in table
+    # --against: each other model minus the reference, per group, with a permutation p
+    table = pop.table(
+        {"m": [popular_only], "h": [half]}, users, groups, labels, "HR@10", "h", draws=200
+    )
+    assert "| m | -0.2500 (0.00) | +0.0000 (1.00) | +0.0000 (1.00) | -1.0000 (" in table
+    assert "| h |" not in table.split("minus h")[1]
+    with pytest.raises(SystemExit, match="not one of the models"):
+        pop.table({"m": [half]}, users, groups, labels, "HR@10", "sasrec")
     with pytest.raises(SystemExit, match="no rank for 1 users"):
-        pop.table({"m": [{u: 0 for u in list(keys)[1:]}]}, keys, "HR@10", 4)
+        pop.table({"m": [{u: 0 for u in users[1:]}]}, users, groups, labels, "HR@10")
+
+
+def test_metric_by_kg_link_on_toy(tmp_path, capsys):
+    """popularity.py --by kg: a user is in the first relation set through which the target
+    shares a KG tail with a history item (checked against a plain set intersection per user),
+    else in ``none``; main prints the groups of a real split."""
+    import json
+
+    from kp4sr.data import DataOptions, item_attributes, leave_one_out, load_dataset
+
+    pop = _load_script("popularity.py")
+    ds = load_dataset("toy", None, DataOptions(min_user=0, min_item=0))  # main's defaults
+    samples = leave_one_out(ds, 5).test
+    sets = ["directed_by", "genre"]
+    link = pop.kg_link(ds, samples, sets)
+    attrs = []
+    for rel in sets:
+        off, val, _ = item_attributes(ds, rel)
+        attrs.append([set(val[off[i] : off[i + 1]].tolist()) for i in range(len(ds.items))])
+    expect = []
+    for s in samples:
+        hits = [
+            g for g, a in enumerate(attrs) if a[s.target] & set().union(*(a[h] for h in s.history))
+        ]
+        expect.append(hits[0] if hits else len(sets))
+    assert link.tolist() == expect
+    assert 0 < np.sum(link == 0) < len(samples)  # toy users follow directors, not always
+    users = [ds.users[s.user] for s in samples]
+    first = np.where(link == 0, 0, -1)  # a model that finds only the director-linked targets
+    ranks = tmp_path / "ranks.json"
+    ranks.write_text(json.dumps({"test": {"users": users, "ranks": first.tolist()}}))
+    argv = ["--by", "kg", "--dataset", "toy", "--kg-groups", "directed_by;genre", f"m={ranks}"]
+    assert pop.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"| directed_by ({int(np.sum(link == 0))}) |" in out
+    assert "| m |" in out and "| 1.0000 | 0.0000 | 0.0000 |" in out
 
 
 def test_metric_by_history_length_on_toy(tmp_path, capsys):
