@@ -40,6 +40,7 @@ from kp4sr.data import (
     leave_one_out,
     load_dataset,
 )
+from kp4sr.errors import ConfigError
 from kp4sr.evaluation import per_user
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -138,7 +139,9 @@ def table(
     return "\n".join(lines)
 
 
-def quantile_groups(keys: dict[str, float], users: list[str], buckets: int):
+def quantile_groups(
+    keys: dict[str, float], users: list[str], buckets: int
+) -> tuple[np.ndarray, list[str]]:
     """Groups of about equal size by each user's key, labelled by their edges."""
     groups, edges = bucket_of(np.array([keys[u] for u in users]), buckets)
     return groups, [f"{edges[g]:.0f}–{edges[g + 1]:.0f}" for g in range(buckets)]
@@ -182,8 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     split = leave_one_out(ds, args.max_items)
     samples = split.valid if args.split == "valid" else split.test
     users = [ds.users[s.user] for s in samples]
-    order = np.argsort(users, kind="stable")
-    users, samples = [users[k] for k in order], [samples[k] for k in order]
     if args.by == "popularity":
         counts = target_counts(split, len(ds.items))
         keys = {u: float(counts[s.target]) for u, s in zip(users, samples)}
@@ -195,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         what = "the user's number of interactions before the target"
     else:
         sets = [x.strip() for x in args.kg_groups.split(";") if x.strip()]
-        groups, labels = kg_link(ds, samples, sets), [*sets, "none"]
+        try:
+            groups, labels = kg_link(ds, samples, sets), [*sets, "none"]
+        except ConfigError as e:  # an unknown relation: say which, and what the KG has
+            p.error(f"--kg-groups: {e}")
         what = f"what the KG links between the target and the last {args.max_items} items"
     print(f"{args.metric}, {args.split} split, by {what}\n")
     print(table(runs, users, groups, labels, args.metric, args.against, args.draws))

@@ -267,6 +267,9 @@ def test_metric_by_kg_link_on_toy(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"| directed_by ({int(np.sum(link == 0))}) |" in out
     assert "| m |" in out and "| 1.0000 | 0.0000 | 0.0000 |" in out
+    with pytest.raises(SystemExit):  # an unknown relation is a usage error naming it
+        pop.main(["--by", "kg", "--dataset", "toy", "--kg-groups", "film.actor", f"m={ranks}"])
+    assert "unknown relation(s) film.actor" in capsys.readouterr().err
 
 
 def test_metric_by_history_length_on_toy(tmp_path, capsys):
