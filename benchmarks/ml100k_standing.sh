@@ -1,6 +1,6 @@
 #!/bin/bash
 # The README's "where each model stands" table on ML-100k, from the committed rank files of
-# tries 33 and 41–45 (each T5 run as chosen on validation by benchmarks/recent_items.py).
+# tries 33 and 41–46 (each T5 run as chosen on validation by benchmarks/recent_items.py).
 #   bash benchmarks/ml100k_standing.sh        # seconds; writes benchmarks/results/ml100k-standing/
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,8 @@ python benchmarks/standing.py --against sasrec-kg --out $R/ml100k-standing \
   kp4sr-no-tree-mask@4.2M=$(r ml100k-try44-recent-ntm-p3-s0 ml100k-try44-recent-ntm-p3-s1) \
   kp4sr-hop2-all@4.0M=$(r ml100k-try44-recent-kp4sr-h2all256-p3-s0 ml100k-try45-recent-kp4sr-h2all256-p3-s1) \
   kp4sr-hop2-all-no-tree-mask@4.0M=$(r ml100k-try44-recent-ntm-h2all256-p3-s0 ml100k-try45-recent-ntm-h2all256-p3-s1) \
-  kp4sr-hop2-all@4.2M=$(r ml100k-try45-recent-kp4sr-h2all256-300k-p3-s0) \
-  kp4sr-hop2-all-no-tree-mask@4.2M=$(r ml100k-try45-recent-ntm-h2all256-300k-p3-s0) \
-  kp4sr-hop2-all-xmpp@4.0M=$(r ml100k-try45-recent-kp4sr-h2all256-xmpp-p3-s0)
+  kp4sr-hop2-all@4.2M=$(r ml100k-try45-recent-kp4sr-h2all256-300k-p3-s0 ml100k-try46-recent-kp4sr-h2all256-300k-p3-s1) \
+  kp4sr-hop2-all-no-tree-mask@4.2M=$(r ml100k-try45-recent-ntm-h2all256-300k-p3-s0 ml100k-try46-recent-ntm-h2all256-300k-p3-s1) \
+  kp4sr-hop2-all-xmpp@4.0M=$(r ml100k-try45-recent-kp4sr-h2all256-xmpp-p3-s0 ml100k-try46-recent-kp4sr-h2all256-xmpp-p3-s1) \
+  kp4sr-hop2-all-no-tree-mask-xmpp@4.0M=$(r ml100k-try46-recent-ntm-h2all256-xmpp-p3-s0) \
+  kp4sr-hop2-all-d6@4.0M=$(r ml100k-try46-recent-kp4sr-h2all256d6-p3-s0)
